@@ -1,0 +1,147 @@
+"""The bodies a gateway sends (PROTOCOL.md, "Bodies"), built as CBOR and signed.
+
+A :class:`MessageFactory` knows the gateway header (``v``, ``gw``, ``boot``)
+and the signer; callers give it the ``seq`` the outbox assigned. Keeping the
+shapes here, and only here, makes the wire contract reviewable in one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import cbor2
+
+from agent.points import Quality, Value
+from agent.security.cose import Signer
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "armoire/v1"
+
+
+class Topic(str, Enum):
+    """Topic suffixes of PROTOCOL.md ("Transport")."""
+
+    STATE = "state"
+    TELE = "tele"
+    EVT = "evt"
+    ACK = "ack"
+    CMD = "cmd"
+    TRUST = "trust"
+
+
+def topic(gw: str, kind: Topic) -> str:
+    return f"{TOPIC_ROOT}/{gw}/{kind.value}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reading:
+    """One entry of a Telemetry batch before encoding."""
+
+    point: str
+    t_ms: int
+    value: Value
+    quality: Quality
+
+
+class Severity(int, Enum):
+    """Syslog severities used in Events (PROTOCOL.md: 0 emergency … 7 debug)."""
+
+    EMERGENCY = 0
+    ALERT = 1
+    CRITICAL = 2
+    ERROR = 3
+    WARNING = 4
+    NOTICE = 5
+    INFO = 6
+    DEBUG = 7
+
+
+def _wire_value(value: Value) -> Value:
+    # An integral float travels as an int: 2 bytes instead of 9 for "100.0".
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+class MessageFactory:
+    """Builds and signs the gateway's messages for one boot."""
+
+    def __init__(self, *, gw: str, boot: int, signer: Signer) -> None:
+        self.gw = gw
+        self.boot = boot
+        self._signer = signer
+
+    def _header(self, seq: int) -> dict[str, Any]:
+        return {"v": PROTOCOL_VERSION, "gw": self.gw, "boot": self.boot, "seq": seq}
+
+    def _seal(self, body: Mapping[str, Any]) -> bytes:
+        return self._signer.sign(cbor2.dumps(body))
+
+    def telemetry(self, seq: int, readings: Sequence[Reading], *, lost: int = 0) -> bytes:
+        """A signed Telemetry batch; ``t0`` is the earliest reading's time."""
+        t0 = min((r.t_ms for r in readings), default=0)
+        body = self._header(seq)
+        body["t0"] = t0
+        body["r"] = [
+            [r.point, r.t_ms - t0, _wire_value(r.value), int(r.quality)] for r in readings
+        ]
+        if lost:
+            body["lost"] = lost
+        return self._seal(body)
+
+    def event(
+        self,
+        seq: int,
+        *,
+        t_ms: int,
+        kind: str,
+        code: str,
+        severity: Severity,
+        state: str,
+        src: str | None = None,
+        msg: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> bytes:
+        """A signed Event (alarm, event or audit record)."""
+        if kind not in ("alarm", "event", "audit"):
+            raise ValueError(f"event kind {kind!r} is not alarm, event or audit")
+        if state not in ("raised", "cleared", "info"):
+            raise ValueError(f"event state {state!r} is not raised, cleared or info")
+        body = self._header(seq)
+        body.update(t=t_ms, kind=kind, code=code, sev=int(severity), state=state)
+        if src is not None:
+            body["src"] = src
+        if msg is not None:
+            body["msg"] = msg
+        if data is not None:
+            body["data"] = dict(data)
+        return self._seal(body)
+
+    def birth(
+        self,
+        last_seq: int,
+        *,
+        t_ms: int,
+        agent_version: str,
+        config_digest: bytes,
+        points: Mapping[str, tuple[str, bool]],
+    ) -> bytes:
+        """The retained Birth; ``points`` maps each point to (unit, writable)."""
+        body = self._header(last_seq)
+        body.update(
+            t=t_ms,
+            online=True,
+            agent=agent_version,
+            config=config_digest,
+            points={name: {"unit": unit, "w": w} for name, (unit, w) in points.items()},
+        )
+        return self._seal(body)
+
+    def death(self, last_seq: int, *, t_ms: int) -> bytes:
+        """The Death the broker sends as our Will; signed at connect time."""
+        body = self._header(last_seq)
+        body.update(t=t_ms, online=False)
+        return self._seal(body)

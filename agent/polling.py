@@ -1,0 +1,153 @@
+"""Polls the devices of one serial line and keeps their points in the table.
+
+One poller owns each device's I/O (STYLE.md, "Polling devices"); the line's
+transport serialises transactions, so one slow or dead device costs the others
+at most one response timeout per attempt, and a dead device is retried with
+backoff so it does not keep doing that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from enum import StrEnum
+
+from agent.clock import Clock, wall_ms
+from agent.config import DeviceConfig, PollingConfig
+from agent.points import Points, Quality, Sample, Value
+from drivers.modbus.codec import (
+    ReadHoldingRegisters,
+    ReadInputRegisters,
+    RegistersRead,
+    RemoteProtocolError,
+)
+from drivers.modbus.transport import RtuTransport
+from drivers.profile import PointSpec, ReadBlock, decode, in_range, plan_reads
+
+log = logging.getLogger(__name__)
+
+# Backoff jitter: spreads retries of several dead devices so they don't line up.
+JITTER = 0.1
+
+
+class LinkState(StrEnum):
+    ONLINE = "online"
+    DEGRADED = "degraded"  # missed polls, not yet declared failed
+    COMM_FAIL = "comm_fail"
+
+
+def link_state(misses: int, miss_limit: int) -> LinkState:
+    """The device link state as a function of consecutive missed polls."""
+    if misses == 0:
+        return LinkState.ONLINE
+    if misses < miss_limit:
+        return LinkState.DEGRADED
+    return LinkState.COMM_FAIL
+
+
+class DevicePoller:
+    """Polls one device at its period; marks its points ``comm_fail`` after N misses."""
+
+    def __init__(
+        self,
+        *,
+        device: DeviceConfig,
+        transport: RtuTransport,
+        points: Points,
+        clock: Clock,
+        polling: PollingConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.device = device
+        self._transport = transport
+        self._points = points
+        self._clock = clock
+        self._polling = polling
+        self._rng = rng or random.Random()
+        self._blocks = plan_reads(device.profile.points)
+        self.misses = 0
+        self.state = LinkState.ONLINE
+        self.polls = 0
+        self.failures = 0
+
+    def _name(self, spec: PointSpec) -> str:
+        return f"{self.device.name}/{spec.name}"
+
+    async def poll_once(self) -> bool:
+        """Read every block of the device once; returns whether it answered."""
+        self.polls += 1
+        t_ms = wall_ms(self._clock)
+        try:
+            results = [(block, await self._read(block)) for block in self._blocks]
+        except (RemoteProtocolError, OSError) as exc:
+            self.failures += 1
+            self._missed(exc)
+            return False
+        for block, values in results:
+            for spec in block.points:
+                offset = spec.address - block.address
+                raw = values[offset : offset + spec.count]
+                value: Value
+                try:
+                    value = decode(spec, raw)
+                    quality = Quality.GOOD if in_range(spec, value) else Quality.OUT_OF_RANGE
+                except ValueError:
+                    value, quality = None, Quality.OUT_OF_RANGE
+                self._points.update(
+                    Sample(name=self._name(spec), value=value, quality=quality, t_ms=t_ms)
+                )
+        self._answered()
+        return True
+
+    async def _read(self, block: ReadBlock) -> tuple[int, ...]:
+        unit = self.device.address
+        request = (
+            ReadHoldingRegisters(unit=unit, address=block.address, count=block.count)
+            if block.table == "holding"
+            else ReadInputRegisters(unit=unit, address=block.address, count=block.count)
+        )
+        response = await self._transport.transact(request)
+        assert isinstance(response, RegistersRead)
+        return response.values
+
+    def _answered(self) -> None:
+        if self.state is not LinkState.ONLINE and self.misses >= self._polling.miss_limit:
+            log.warning("%s back", self.device.name)
+        self.misses = 0
+        self.state = LinkState.ONLINE
+
+    def _missed(self, exc: Exception) -> None:
+        self.misses += 1
+        state = link_state(self.misses, self._polling.miss_limit)
+        if state is LinkState.COMM_FAIL and self.state is not LinkState.COMM_FAIL:
+            log.warning("%s unreachable (%s)", self.device.name, exc)
+            t_ms = wall_ms(self._clock)
+            for spec in self.device.profile.points:
+                name = self._name(spec)
+                last = self._points.get(name)
+                self._points.update(
+                    Sample(
+                        name=name,
+                        value=None if last is None else last.value,
+                        quality=Quality.COMM_FAIL,
+                        t_ms=t_ms,
+                    )
+                )
+        self.state = state
+
+    def next_interval(self) -> float:
+        """Seconds to the next poll: the period, or a jittered backoff while failed."""
+        period = self.device.poll
+        if self.state is not LinkState.COMM_FAIL:
+            return period
+        excess = self.misses - self._polling.miss_limit
+        backoff = min(period * 2 ** min(excess + 1, 20), self._polling.backoff_max)
+        return max(period, backoff * (1 + self._rng.uniform(-JITTER, JITTER)))
+
+    async def run(self) -> None:
+        """Poll forever at a fixed rate (deadline based, no drift)."""
+        deadline = self._clock.monotonic()
+        while True:
+            await self.poll_once()
+            deadline = max(deadline + self.next_interval(), self._clock.monotonic())
+            await self._clock.sleep(deadline - self._clock.monotonic())

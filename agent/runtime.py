@@ -1,0 +1,228 @@
+"""Wires the agent's parts together for one configuration and runs them.
+
+Every long-running loop is a named task in one ``asyncio.TaskGroup``; SIGTERM
+or SIGINT ends them, then the last telemetry batch is committed and the outbox
+gets a short chance to drain before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.clock import Clock, SystemClock, wall_ms
+from agent.config import Config
+from agent.messages import MessageFactory, Severity, Topic, topic
+from agent.outbox import MsgClass, Outbox, Pending
+from agent.points import Points
+from agent.polling import DevicePoller
+from agent.reporter import ReportPolicy, Reporter
+from agent.security.cose import Signer
+from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
+from agent.uplink import Uplink
+from drivers.modbus.transport import RtuTransport
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+# How often status.json is rewritten for local tools (the simulator's view, the console).
+STATUS_PERIOD = 2.0
+# On shutdown, how long to keep forwarding what is queued while the link is up.
+DRAIN_ON_EXIT = 3.0
+
+
+class StartupError(Exception):
+    """The agent cannot start (missing keys, unusable data directory)."""
+
+
+class Agent:
+    """The running parts of one gateway; built by :func:`run_agent`."""
+
+    def __init__(self, config: Config, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        data_dir = config.storage.data_dir
+        try:
+            key = load_private_key(data_dir / GATEWAY_KEY)
+        except KeyFileError as exc:
+            raise StartupError(
+                f"{exc} (create the gateway identity with: armoire keys init --data {data_dir})"
+            ) from exc
+        try:
+            self.outbox = Outbox.open(data_dir, clock)
+        except OSError as exc:
+            raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
+        self.points = Points()
+        specs = config.points()
+        self.reporter = Reporter(
+            points=self.points,
+            policies={
+                name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
+                for name, _, spec in specs
+            },
+            outbox=self.outbox,
+            factory=self.factory,
+            clock=clock,
+            batch_interval=config.storage.batch_interval,
+            batch_max=config.storage.batch_max,
+        )
+        self.transports: dict[str, RtuTransport] = {}
+        self.pollers: list[DevicePoller] = []
+        for device in config.devices:
+            port = device.line
+            if port.role not in self.transports:
+                self.transports[port.role] = RtuTransport(
+                    str(port.device),
+                    baudrate=port.baudrate,
+                    bytesize=port.bytesize,
+                    parity=port.parity,
+                    stopbits=port.stopbits,
+                    response_timeout=config.polling.response_timeout,
+                )
+            self.pollers.append(
+                DevicePoller(
+                    device=device,
+                    transport=self.transports[port.role],
+                    points=self.points,
+                    clock=clock,
+                    polling=config.polling,
+                )
+            )
+        self.uplink = Uplink(
+            config=config.uplink,
+            outbox=self.outbox,
+            factory=self.factory,
+            clock=clock,
+            birth_points={name: (spec.unit, spec.writable) for name, _, spec in specs},
+            config_digest=config.digest,
+            agent_version=__version__,
+        )
+
+    def event(self, cls: MsgClass, *, code: str, severity: Severity, state: str, **kw: Any) -> int:
+        """Append an Event durably and return its seq."""
+        kind = "event" if cls in (MsgClass.EVENT, MsgClass.TELEMETRY) else cls.value
+        t_ms = wall_ms(self.clock)
+        return self.outbox.append(
+            Pending(
+                cls=cls,
+                topic=topic(self.config.gateway, Topic.EVT),
+                build=lambda seq: self.factory.event(
+                    seq, t_ms=t_ms, kind=kind, code=code, severity=severity, state=state, **kw
+                ),
+            )
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "gw": self.config.gateway,
+            "pid": os.getpid(),
+            "t": wall_ms(self.clock),
+            "uplink": self.uplink.statistics(),
+            "outbox": self.outbox.statistics(),
+            "reporter": {
+                "readings": self.reporter.readings_sent,
+                "batches": self.reporter.batches_sent,
+            },
+            "devices": {
+                p.device.name: {"state": p.state.value, "polls": p.polls, "failures": p.failures}
+                for p in self.pollers
+            },
+        }
+
+    def write_status(self) -> None:
+        path = self.config.storage.data_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()))
+        tmp.replace(path)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.write_status()
+            await self.clock.sleep(STATUS_PERIOD)
+
+    async def _open_lines(self) -> None:
+        for role, transport in self.transports.items():
+            try:
+                await transport.open()
+            except OSError as exc:
+                # The pollers count the misses and keep retrying; the uplink still runs.
+                log.error("serial line %s (%s) unavailable: %s", role, transport.port, exc)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order."""
+        await self._open_lines()
+        self.event(
+            MsgClass.EVENT,
+            code="agent.start",
+            severity=Severity.NOTICE,
+            state="info",
+            msg=f"armoire {__version__} boot {self.outbox.boot}",
+            data={"version": __version__, "boot": self.outbox.boot},
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                uplink = tg.create_task(self.uplink.run(), name="uplink")
+                others = [
+                    tg.create_task(self.reporter.run(), name="reporter"),
+                    tg.create_task(self._status_loop(), name="status"),
+                ]
+                others += [
+                    tg.create_task(poller.run(), name=f"driver[{poller.device.name}].poll")
+                    for poller in self.pollers
+                ]
+                await stop.wait()
+                for task in others:
+                    task.cancel()
+                self.reporter.flush()
+                await self._drain()
+                uplink.cancel()
+        finally:
+            self.write_status()
+            for transport in self.transports.values():
+                await transport.close()
+            self.outbox.close()
+
+    async def _drain(self) -> None:
+        # Give what is queued a bounded chance to leave before the process goes.
+        if not self.uplink.online.is_set():
+            return
+        try:
+            async with asyncio.timeout(DRAIN_ON_EXIT):
+                await self.outbox.drained()
+        except TimeoutError:
+            log.warning("%d records left in the outbox for the next start", self.outbox.depth)
+
+
+async def run_agent(config: Config, *, clock: Clock | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT."""
+    agent = Agent(config, clock or SystemClock())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "armoire %s gateway %s boot %d: %d devices, %d points",
+        __version__,
+        config.gateway,
+        agent.outbox.boot,
+        len(config.devices),
+        len(config.points()),
+    )
+    await agent.run(stop)
+    log.info("stopped: %s", json.dumps(agent.status()["uplink"]))
+
+
+def data_status(data_dir: Path) -> dict[str, Any] | None:
+    """The last status.json an agent wrote in ``data_dir``, if any."""
+    try:
+        loaded: dict[str, Any] = json.loads((data_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded

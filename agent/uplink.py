@@ -1,0 +1,194 @@
+"""The MQTT 5 session with the central post (PROTOCOL.md, "Transport").
+
+On every connection: a ``Death`` signed now is left with the broker as the
+Will, the ``Birth`` is published retained, then the outbox is forwarded with a
+bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
+A lost link returns the in-flight records to the outbox and reconnects with
+capped, jittered exponential backoff. Incoming messages (commands) are handed
+to a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from enum import StrEnum
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.clock import Clock, wall_ms
+from agent.config import UplinkConfig
+from agent.messages import MessageFactory, Topic, topic
+from agent.outbox import Outbox, Record
+
+log = logging.getLogger(__name__)
+
+# In-flight QoS 1 publishes: enough to keep a loopback or LTE link busy while
+# bounding how much is resent after a disconnect.
+WINDOW = 32
+# Backoff jitter fraction: thousands of cabinets must not reconnect in step.
+JITTER = 0.3
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Uplink:
+    """Owns the MQTT session; ``run()`` never returns until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        config: UplinkConfig,
+        outbox: Outbox,
+        factory: MessageFactory,
+        clock: Clock,
+        birth_points: Mapping[str, tuple[str, bool]],
+        config_digest: bytes,
+        agent_version: str,
+        subscriptions: tuple[Topic, ...] = (),
+        on_message: MessageHandler | None = None,
+        window: int = WINDOW,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._factory = factory
+        self._clock = clock
+        self._birth_points = birth_points
+        self._digest = config_digest
+        self._version = agent_version
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._window = window
+        self._rng = rng or random.Random()
+        self.gw = factory.gw
+        self.state = LinkState.CONNECTING
+        self.connects = 0
+        self.published = 0
+        self.published_readings = 0
+        self.online = asyncio.Event()
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props.SessionExpiryInterval = cfg.session_expiry
+        death = self._factory.death(self._outbox.last_seq, t_ms=wall_ms(self._clock))
+        tls_context = None
+        if cfg.tls:
+            tls_context = ssl.create_default_context(
+                cafile=str(cfg.ca_file) if cfg.ca_file else None
+            )
+            if cfg.cert_file:
+                tls_context.load_cert_chain(
+                    str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
+                )
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=self.gw,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=connect_props,
+            keepalive=cfg.keepalive,
+            will=aiomqtt.Will(
+                topic(self.gw, Topic.STATE), payload=death, qos=1, retain=True
+            ),
+            tls_context=tls_context,
+            timeout=max(10.0, cfg.keepalive * 1.5),
+        )
+
+    async def run(self) -> None:
+        backoff = self._config.reconnect_min
+        while True:
+            try:
+                async with self._client() as client:
+                    self.connects += 1
+                    backoff = self._config.reconnect_min
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                if self.state is LinkState.ONLINE:
+                    log.warning("uplink lost: %s", exc)
+                elif self.state is LinkState.CONNECTING:
+                    log.warning("uplink unreachable: %s", exc)
+            self.state = LinkState.OFFLINE
+            self.online.clear()
+            delay = backoff * (1 + self._rng.uniform(-JITTER, JITTER))
+            await self._clock.sleep(delay)
+            backoff = min(backoff * 2, self._config.reconnect_max)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        for sub in self._subscriptions:
+            await client.subscribe(topic(self.gw, sub), qos=1)
+        birth = self._factory.birth(
+            self._outbox.last_seq,
+            t_ms=wall_ms(self._clock),
+            agent_version=self._version,
+            config_digest=self._digest,
+            points=self._birth_points,
+        )
+        await client.publish(topic(self.gw, Topic.STATE), birth, qos=1, retain=True)
+        log.info("uplink online (%s:%d)", self._config.host, self._config.port)
+        self.state = LinkState.ONLINE
+        self.online.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._forward(client), name="uplink.publish")
+            tg.create_task(self._receive(client), name="uplink.receive")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        # Iterating also notices a dead connection while nothing is published.
+        async for message in client.messages:
+            payload = message.payload
+            if self._on_message is not None and isinstance(payload, bytes | bytearray):
+                await self._on_message(str(message.topic), bytes(payload))
+
+    async def _forward(self, client: aiomqtt.Client) -> None:
+        inflight = 0
+        freed = asyncio.Event()
+
+        async def publish(record: Record) -> None:
+            nonlocal inflight
+            try:
+                await client.publish(record.topic, record.payload, qos=1)
+            except BaseException:
+                self._outbox.release([record.seq])
+                raise
+            finally:
+                inflight -= 1
+                freed.set()
+            self._outbox.done(record)
+            self.published += 1
+            self.published_readings += record.readings
+            if not self._outbox.depth:
+                self._outbox.flush()
+
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await self._outbox.wait()
+                while inflight >= self._window:
+                    freed.clear()
+                    await freed.wait()
+                records = self._outbox.take(self._window - inflight)
+                inflight += len(records)
+                for record in records:
+                    tg.create_task(publish(record), name=f"uplink.publish[{record.seq}]")
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "connects": self.connects,
+            "published": self.published,
+            "published_readings": self.published_readings,
+        }
+
