@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="configuration naming the gateway id"
     )
 
-    sim = sub.add_parser("sim", help="run a virtual cabinet, a broker, the agent and a central post")
+    sim = sub.add_parser(
+        "sim", help="run a virtual cabinet, a broker, the agent and a central post"
+    )
     sim.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
     sim.add_argument("--data", type=Path, metavar="DIR", help="where keys, config and data go")
     sim.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this time")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 import cbor2
@@ -21,7 +21,7 @@ PROTOCOL_VERSION = 1
 TOPIC_ROOT = "armoire/v1"
 
 
-class Topic(str, Enum):
+class Topic(StrEnum):
     """Topic suffixes of PROTOCOL.md ("Transport")."""
 
     STATE = "state"
@@ -80,14 +80,12 @@ class MessageFactory:
     def _seal(self, body: Mapping[str, Any]) -> bytes:
         return self._signer.sign(cbor2.dumps(body))
 
-    def telemetry(self, seq: int, readings: Sequence[Reading], *, lost: int = 0) -> bytes:
+    def telemetry(self, seq: int, *, readings: Sequence[Reading], lost: int = 0) -> bytes:
         """A signed Telemetry batch; ``t0`` is the earliest reading's time."""
         t0 = min((r.t_ms for r in readings), default=0)
         body = self._header(seq)
         body["t0"] = t0
-        body["r"] = [
-            [r.point, r.t_ms - t0, _wire_value(r.value), int(r.quality)] for r in readings
-        ]
+        body["r"] = [[r.point, r.t_ms - t0, _wire_value(r.value), int(r.quality)] for r in readings]
         if lost:
             body["lost"] = lost
         return self._seal(body)

@@ -146,8 +146,15 @@ class Outbox:
         for item in items:
             payload = item.build(seq)
             rows.append(
-                (seq, _FORWARD_PRIO.get(item.cls, 1), item.cls.value, item.topic, t_ms,
-                 item.readings, payload)
+                (
+                    seq,
+                    _FORWARD_PRIO.get(item.cls, 1),
+                    item.cls.value,
+                    item.topic,
+                    t_ms,
+                    item.readings,
+                    payload,
+                )
             )
             seqs.append(seq)
             seq += 1
@@ -179,13 +186,16 @@ class Outbox:
             await self._available.wait()
 
     def take(self, limit: int) -> list[Record]:
-        """Up to ``limit`` records to publish next (alarms first, then by seq); marks them in flight."""
+        """Up to ``limit`` records to publish next, alarms first, then by seq; now in flight."""
         if limit <= 0:
             return []
         exclude = ",".join(str(s) for s in self._inflight) or "-1"
+        # The in-flight set is a few dozen ints at most, so it is inlined.
+        where = f"WHERE seq NOT IN ({exclude})"
         rows = self._db.execute(
-            "SELECT seq, cls, topic, payload, t_ms, readings FROM records "
-            f"WHERE seq NOT IN ({exclude}) ORDER BY prio, seq LIMIT ?",  # noqa: S608 - ints only
+            "SELECT seq, cls, topic, payload, t_ms, readings FROM records "  # noqa: S608
+            + where
+            + " ORDER BY prio, seq LIMIT ?",
             (limit,),
         ).fetchall()
         records = [

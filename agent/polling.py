@@ -141,7 +141,7 @@ class DevicePoller:
         if self.state is not LinkState.COMM_FAIL:
             return period
         excess = self.misses - self._polling.miss_limit
-        backoff = min(period * 2 ** min(excess + 1, 20), self._polling.backoff_max)
+        backoff: float = min(period * 2.0 ** min(excess + 1, 20), self._polling.backoff_max)
         return max(period, backoff * (1 + self._rng.uniform(-JITTER, JITTER)))
 
     async def run(self) -> None:

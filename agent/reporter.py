@@ -9,6 +9,7 @@ would exceed ``batch_max`` readings; the batch is the outbox's group commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,8 +118,8 @@ class Reporter:
                 Pending(
                     cls=MsgClass.TELEMETRY,
                     topic=self._topic,
-                    build=lambda seq, c=chunk, n=chunk_lost: self._factory.telemetry(
-                        seq, c, lost=n
+                    build=functools.partial(
+                        self._factory.telemetry, readings=chunk, lost=chunk_lost
                     ),
                     readings=len(chunk),
                 )

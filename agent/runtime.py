@@ -22,7 +22,7 @@ from agent.messages import MessageFactory, Severity, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.points import Points
 from agent.polling import DevicePoller
-from agent.reporter import ReportPolicy, Reporter
+from agent.reporter import Reporter, ReportPolicy
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.uplink import Uplink
@@ -182,6 +182,7 @@ class Agent:
                     task.cancel()
                 self.reporter.flush()
                 await self._drain()
+                await self.uplink.farewell()
                 uplink.cancel()
         finally:
             self.write_status()

@@ -79,10 +79,11 @@ class Uplink:
         self.published = 0
         self.published_readings = 0
         self.online = asyncio.Event()
+        self._client_now: aiomqtt.Client | None = None
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
-        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = cfg.session_expiry
         death = self._factory.death(self._outbox.last_seq, t_ms=wall_ms(self._clock))
         tls_context = None
@@ -102,9 +103,7 @@ class Uplink:
             clean_start=False,
             properties=connect_props,
             keepalive=cfg.keepalive,
-            will=aiomqtt.Will(
-                topic(self.gw, Topic.STATE), payload=death, qos=1, retain=True
-            ),
+            will=aiomqtt.Will(topic(self.gw, Topic.STATE), payload=death, qos=1, retain=True),
             tls_context=tls_context,
             timeout=max(10.0, cfg.keepalive * 1.5),
         )
@@ -129,6 +128,13 @@ class Uplink:
             backoff = min(backoff * 2, self._config.reconnect_max)
 
     async def _session(self, client: aiomqtt.Client) -> None:
+        self._client_now = client
+        try:
+            await self._serve(client)
+        finally:
+            self._client_now = None
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
         for sub in self._subscriptions:
             await client.subscribe(topic(self.gw, sub), qos=1)
         birth = self._factory.birth(
@@ -139,6 +145,7 @@ class Uplink:
             points=self._birth_points,
         )
         await client.publish(topic(self.gw, Topic.STATE), birth, qos=1, retain=True)
+        self.published += 1
         log.info("uplink online (%s:%d)", self._config.host, self._config.port)
         self.state = LinkState.ONLINE
         self.online.set()
@@ -184,6 +191,21 @@ class Uplink:
                 for record in records:
                     tg.create_task(publish(record), name=f"uplink.publish[{record.seq}]")
 
+    async def farewell(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 (passed to aiomqtt)
+        """On a deliberate stop, publish the Death ourselves (the broker drops the Will
+        on a clean disconnect), so the control room sees the gateway go offline."""
+        client = self._client_now
+        if client is None:
+            return
+        death = self._factory.death(self._outbox.last_seq, t_ms=wall_ms(self._clock))
+        try:
+            await client.publish(
+                topic(self.gw, Topic.STATE), death, qos=1, retain=True, timeout=timeout
+            )
+            self.published += 1
+        except aiomqtt.MqttError as exc:
+            log.warning("could not publish the death message: %s", exc)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "state": self.state.value,
@@ -191,4 +213,3 @@ class Uplink:
             "published": self.published,
             "published_readings": self.published_readings,
         }
-

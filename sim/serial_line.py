@@ -319,10 +319,8 @@ class VirtualSerialLine:
             device_to_agent_bytes=to_agent.delivered if to_agent else 0,
             dropped_bytes=self._dropped,
             corrupted_replies=self._corrupted,
-            overrun_bytes=(to_dev.overrun if to_dev else 0)
-            + (to_agent.overrun if to_agent else 0),
-            pending_bytes=(to_dev.pending if to_dev else 0)
-            + (to_agent.pending if to_agent else 0),
+            overrun_bytes=(to_dev.overrun if to_dev else 0) + (to_agent.overrun if to_agent else 0),
+            pending_bytes=(to_dev.pending if to_dev else 0) + (to_agent.pending if to_agent else 0),
         )
 
     # -- relay -------------------------------------------------------------
@@ -393,6 +391,8 @@ class VirtualSerialLine:
 
     @staticmethod
     def _make_link(link: Path, target: str) -> None:
+        if link.exists() and not link.is_symlink():
+            raise FileExistsError(f"{link} exists and is not a symlink; not replacing it")
         link.parent.mkdir(parents=True, exist_ok=True)
         # Build the link beside its final name and rename over it, so a reader
         # never sees the name missing while a stale link is replaced.

@@ -76,7 +76,7 @@ class CoseError(Exception):
     """
 
     def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
+        super().__init__(reason, message)  # both in args, so the error pickles
         self.reason: Reason = reason
         self.message = message
 
@@ -152,6 +152,14 @@ class Sign1Generic:
 
 # --- decoding ----------------------------------------------------------------------------------
 
+_SHOWN_CHARS: Final = 40  # how much of a peer-supplied value an error message quotes
+
+
+def _show(value: object) -> str:
+    """A peer-supplied value for an error message, cut short: these messages end up in audits."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
 
 def _loads(data: bytes, what: str) -> Any:
     """Decode exactly one CBOR item; every failure, of any exception type, is "malformed"."""
@@ -166,7 +174,7 @@ def _loads(data: bytes, what: str) -> Any:
     except Exception as exc:
         # cbor2 raises CBORDecodeError, but also ValueError, OverflowError, TypeError,
         # RecursionError... from its semantic decoders; a hostile peer must not get past this.
-        raise CoseError("malformed", f"{what}: not valid CBOR ({exc})") from exc
+        raise CoseError("malformed", f"{what}: not valid CBOR ({str(exc)[:200]})") from exc
     trailing = len(data) - stream.tell()
     if trailing:
         raise CoseError("malformed", f"{what}: {trailing} trailing bytes after the CBOR item")
@@ -177,7 +185,9 @@ def _check_labels(header: Mapping[Any, Any], bucket: str) -> None:
     for label in header:
         # bool is an int subclass and True == 1: refuse it rather than read it as alg.
         if type(label) is not int and type(label) is not str:
-            raise CoseError("malformed", f"{bucket} header: label {label!r} is not an int or tstr")
+            raise CoseError(
+                "malformed", f"{bucket} header: label {_show(label)} is not an int or tstr"
+            )
 
 
 def _split(data: bytes, *, require_tag: bool) -> Sign1Generic:
@@ -210,7 +220,9 @@ def _split(data: bytes, *, require_tag: bool) -> Sign1Generic:
     # RFC 9052 §3: a label must not be in both buckets; refuse rather than pick one.
     both = protected_map.keys() & unprotected.keys()
     if both:
-        raise CoseError("malformed", f"labels {sorted(both, key=repr)} in both header buckets")
+        raise CoseError(
+            "malformed", f"labels {_show(sorted(both, key=repr))} in both header buckets"
+        )
     return Sign1Generic(
         protected=protected,
         protected_map=protected_map,
@@ -242,18 +254,21 @@ def decode_envelope(data: bytes) -> Sign1:
     alg = header[HDR_ALG]
     if type(alg) is not int or alg not in ACCEPTED_ALGS:
         raise CoseError(
-            "bad-alg", f"protected header: alg {alg!r} is not EdDSA (-8) or Ed25519 (-19)"
+            "bad-alg", f"protected header: alg {_show(alg)} is not EdDSA (-8) or Ed25519 (-19)"
         )
     if HDR_KID not in header:
         raise CoseError("bad-kid", "protected header: no kid (label 4)")
     kid = header[HDR_KID]
     if type(kid) is not bytes or len(kid) != KID_SIZE:
         shown = f"{len(kid)} bytes" if type(kid) is bytes else type(kid).__name__
-        raise CoseError("bad-kid", f"protected header: kid must be a {KID_SIZE}-byte bstr, not {shown}")
+        raise CoseError(
+            "bad-kid", f"protected header: kid must be a {KID_SIZE}-byte bstr, not {shown}"
+        )
     extra = header.keys() - {HDR_ALG, HDR_KID}
     if extra:
         raise CoseError(
-            "malformed", f"protected header: labels {sorted(extra, key=repr)} beyond alg and kid"
+            "malformed",
+            f"protected header: labels {_show(sorted(extra, key=repr))} beyond alg and kid",
         )
     if len(msg.signature) != SIGNATURE_SIZE:
         raise CoseError(
@@ -290,7 +305,9 @@ def verify_generic(msg: Sign1Generic, key: PublicKeyTypes, external_aad: bytes =
     """
     alg = msg.alg
     if type(alg) is not int or alg not in ACCEPTED_ALGS:
-        raise CoseError("bad-alg", f"alg {alg!r} is not supported, only EdDSA (-8) / Ed25519 (-19)")
+        raise CoseError(
+            "bad-alg", f"alg {_show(alg)} is not supported, only EdDSA (-8) / Ed25519 (-19)"
+        )
     match key:
         case Ed25519PublicKey():
             _verify_ed25519(key, msg.signature, msg.protected, msg.payload, external_aad)

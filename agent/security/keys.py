@@ -54,9 +54,12 @@ class KeyFileError(Exception):
     """
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(path, reason)  # both in args, so the error pickles
         self.path = path
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 class KeyExistsError(KeyFileError):
@@ -135,16 +138,18 @@ def init_gateway_keys(data_dir: Path) -> Ed25519PrivateKey:
 
 def _read_key_file(path: Path, *, private: bool) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted as a key file must not hang the agent in open().
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         hint = " (create it with `armoire keys init`)" if path.name == GATEWAY_KEY else ""
         raise KeyFileError(path, f"no such file{hint}") from exc
     except OSError as exc:
         raise KeyFileError(path, f"cannot open: {exc.strerror}") from exc
+    st = os.fstat(fd)  # the mode of the file actually opened, not of a name
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise KeyFileError(path, "not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())  # the mode of the file actually opened, not of a name
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(path, "not a regular file")
         if private and st.st_mode & 0o077:
             raise KeyFileError(
                 path,
@@ -168,7 +173,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = load_pem_private_key(data, password=None)
     except TypeError as exc:  # cryptography's signal for "encrypted, and no password given"
-        raise KeyFileError(path, "private key is encrypted; Armoire expects it unencrypted") from exc
+        raise KeyFileError(
+            path, "private key is encrypted; Armoire expects it unencrypted"
+        ) from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(path, f"not a valid PEM private key ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):

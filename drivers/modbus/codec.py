@@ -333,9 +333,7 @@ class WriteMultipleRegisters:
         _check_int("unit", self.unit, MIN_UNIT, MAX_UNIT)
         _check_int("address", self.address, 0, MAX_ADDRESS)
         if not isinstance(self.values, tuple):
-            raise LocalProtocolError(
-                f"values must be a tuple, got {type(self.values).__name__}"
-            )
+            raise LocalProtocolError(f"values must be a tuple, got {type(self.values).__name__}")
         _check_int("len(values)", len(self.values), 1, MAX_WRITE_COUNT)
         for index, value in enumerate(self.values):
             _check_int(f"values[{index}]", value, 0, MAX_REGISTER_VALUE)

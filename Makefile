@@ -1,0 +1,48 @@
+# Two entry points for a new machine (Debian 12, Python 3.11):
+#   make demo   — install, then run the simulator with the agent (armoire sim)
+#   make test   — install, then ruff, mypy and pytest
+# Both create .venv, install the project into it, and make sure mosquitto is
+# there (apt-get when run as root, otherwise they say what to run and exit 2).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: demo test lint typecheck unit integration bench install mosquitto clean
+
+demo: install mosquitto
+	$(BIN)/armoire sim $(ARGS)
+
+test: install mosquitto lint typecheck
+	$(BIN)/pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install mosquitto
+	$(BIN)/pytest -q tests/integration tests/sim
+
+bench: install mosquitto
+	$(BIN)/python bench/steady_state.py
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@sh scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[sim,test]'
+	@touch $(STAMP)
+
+mosquitto:
+	@sh scripts/ensure-mosquitto.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

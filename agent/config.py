@@ -1,0 +1,413 @@
+"""The gateway configuration: one TOML file, validated once at start into frozen objects.
+
+DESIGN.md, "Configuration": a bad configuration never starts a half-working agent.
+:func:`load_config` reads the file, the board it names and the profiles of its devices,
+and reports every problem at once, each as ``file: key.path: problem`` (with a "did you
+mean" for unknown keys), in a :class:`ConfigError`. After that, code reads typed
+attributes; nothing digs in raw dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from agent.board import Board, BoardError, SerialPort, load_board
+from drivers.profile import (
+    PointSpec,
+    Problems,
+    Profile,
+    ProfileError,
+    SchemaError,
+    Section,
+    did_you_mean,
+    is_builtin_ref,
+    load_profile,
+    read_toml,
+    show,
+)
+
+Driver = Literal["modbus-rtu"]
+DRIVERS: Final[tuple[Driver, ...]] = ("modbus-rtu",)
+
+# PROTOCOL.md, Transport: the gateway id is a topic level, [a-z0-9-]{1,64}.
+_GATEWAY_ID: Final = re.compile(r"[a-z0-9-]{1,64}")
+_GATEWAY_ID_TEXT: Final = 'a gateway id: 1 to 64 of a-z, 0-9, "-"'
+_DEVICE_NAME: Final = re.compile(r"[a-z0-9-]{1,32}")
+_DEVICE_NAME_TEXT: Final = 'a device name: 1 to 32 of a-z, 0-9, "-"'
+# IANA service names "mqtt" and "secure-mqtt".
+MQTT_PORT: Final = 1883
+MQTTS_PORT: Final = 8883
+# MQTT 5.0 §3.1.2.11.2: the Session Expiry Interval is a four-byte integer (seconds).
+MAX_SESSION_EXPIRY: Final = 0xFFFF_FFFF
+# Modbus over Serial Line V1.02 §2.2: 1..247 are unit addresses (0 is broadcast,
+# 248..255 reserved).
+MODBUS_ADDRESSES: Final = (1, 247)
+# Modbus over Serial Line V1.02 §2.5.1: an RTU character has 8 data bits.
+MODBUS_RTU_BYTESIZE: Final = 8
+MIB: Final = 1024 * 1024
+
+
+class ConfigError(SchemaError):
+    """The configuration is invalid. ``errors`` lists every problem, one line each, as
+    ``file: key.path: problem``; ``str()`` is those lines joined by newlines."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteConfig:
+    """Where the cabinet stands: for the astronomical lighting schedule and local time."""
+
+    latitude: float
+    longitude: float
+    timezone: str
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkConfig:
+    """The MQTT session to the central post (``tls`` for an ``mqtts://`` broker)."""
+
+    broker: str
+    host: str
+    port: int
+    tls: bool
+    keepalive: int
+    session_expiry: int
+    reconnect_min: float
+    reconnect_max: float
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageConfig:
+    """The outbox: where it lives, how telemetry is batched, and its capacity in bytes."""
+
+    data_dir: Path
+    batch_interval: float
+    batch_max: int
+    capacity_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollingConfig:
+    """Bus scheduler settings shared by every device."""
+
+    response_timeout: float
+    miss_limit: int
+    backoff_max: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceConfig:
+    """One field device: its driver, the serial port it hangs on, its unit address, its model."""
+
+    name: str
+    driver: Driver
+    line: SerialPort
+    address: int
+    profile: Profile
+    poll: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The effective configuration. ``digest`` is the SHA-256 sent in the Birth message."""
+
+    source: Path
+    gateway: str
+    site: SiteConfig
+    board: Board
+    uplink: UplinkConfig
+    storage: StorageConfig
+    polling: PollingConfig
+    devices: tuple[DeviceConfig, ...]
+    digest: bytes
+
+    def points(self) -> list[tuple[str, DeviceConfig, PointSpec]]:
+        """Every point as ``("device/point", device, spec)``, in configuration order."""
+        return [
+            (f"{device.name}/{spec.name}", device, spec)
+            for device in self.devices
+            for spec in device.profile.points
+        ]
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    Relative paths inside it (board, base_dir, profiles, data_dir, TLS files) are taken
+    relative to the file's folder. Raises :class:`ConfigError` with every problem found.
+    """
+    problems = Problems(str(path))
+    data = read_toml(path, problems)
+    if data is None:
+        raise ConfigError(problems.errors)
+    here = path.absolute().parent
+    root = Section(problems, "", data)
+    gateway = root.string("gateway", pattern=_GATEWAY_ID, expected=_GATEWAY_ID_TEXT)
+    site = _site(root.table("site"))
+    board = _board(root.table("board"), here)
+    uplink = _uplink(root.table("uplink"), here)
+    storage = _storage(root.table("storage"), here)
+    polling = _polling(root.table("polling", required=False))
+    devices = _devices(root.tables("devices", required=False), board, here)
+    root.close()
+    if problems.errors or board is None:
+        raise ConfigError(problems.errors)
+    config = Config(
+        source=path,
+        gateway=gateway,
+        site=site,
+        board=board,
+        uplink=uplink,
+        storage=storage,
+        polling=polling,
+        devices=devices,
+        digest=b"",
+    )
+    return dataclasses.replace(config, digest=_digest(config))
+
+
+def _site(sec: Section) -> SiteConfig:
+    site = SiteConfig(
+        latitude=sec.number("latitude", -90, 90),
+        longitude=sec.number("longitude", -180, 180),
+        timezone=sec.string("timezone", expected='an IANA time zone, e.g. "Europe/Paris"'),
+    )
+    if sec.ok("timezone"):
+        try:
+            zoneinfo.ZoneInfo(site.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            hint = did_you_mean(site.timezone, zoneinfo.available_timezones())
+            sec.error("timezone", f"unknown time zone {show(site.timezone)}{hint}")
+    sec.close()
+    return site
+
+
+def _board(sec: Section, here: Path) -> Board | None:
+    file = sec.string("file", expected="a built-in board name or a path to a board file")
+    base_dir = here / sec.string("base_dir", default=".")
+    sec.close()
+    if not sec.ok("file"):
+        return None
+    try:
+        return load_board(file if is_builtin_ref(file) else here / file, base_dir=base_dir)
+    except BoardError as exc:
+        for line in exc.errors:
+            sec.error("file", line)
+        return None
+
+
+def _parse_broker(url: str) -> tuple[str, int, bool] | str:
+    """(host, port, tls) from ``mqtt://host[:port]`` / ``mqtts://host[:port]``, or a problem."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        return f"expected mqtt://host[:port] or mqtts://host[:port], got {show(url)}"
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"expected only a scheme, a host and a port, got {show(url)}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"expected a port 1..65535, got {show(url)}"
+    return parts.hostname, port or (MQTTS_PORT if tls else MQTT_PORT), tls
+
+
+def _uplink(sec: Section, here: Path) -> UplinkConfig:
+    broker = sec.string("broker", expected="an mqtt:// or mqtts:// URL")
+    host, port, tls = "", MQTT_PORT, False
+    if sec.ok("broker"):
+        match _parse_broker(broker):
+            case str(problem):
+                sec.error("broker", problem)
+            case (str(host), int(port), bool(tls)):
+                pass
+    reconnect_min = sec.number("reconnect_min", 0.1, 3600, default=1.0)
+    reconnect_max = sec.number("reconnect_max", 0.1, 86400, default=60.0)
+    if sec.ok("reconnect_min") and sec.ok("reconnect_max") and reconnect_max < reconnect_min:
+        sec.error("reconnect_max", f"must be >= reconnect_min ({reconnect_min:g})")
+    files = {key: _existing_file(sec, key, here) for key in ("ca_file", "cert_file", "key_file")}
+    for key, file in files.items():
+        if file is not None and sec.ok("broker") and not tls:
+            sec.error(key, "only used with an mqtts:// broker")
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        missing = "key_file" if files["key_file"] is None else "cert_file"
+        sec.error(missing, "missing; cert_file and key_file go together (client certificate)")
+    uplink = UplinkConfig(
+        broker=broker,
+        host=host,
+        port=port,
+        tls=tls,
+        keepalive=sec.integer("keepalive", 5, 3600, default=30),
+        session_expiry=sec.integer("session_expiry", 0, MAX_SESSION_EXPIRY, default=86400),
+        reconnect_min=reconnect_min,
+        reconnect_max=reconnect_max,
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+    )
+    sec.close()
+    return uplink
+
+
+def _existing_file(sec: Section, key: str, here: Path) -> Path | None:
+    if not sec.has(key):
+        return None
+    path = here / sec.string(key, expected="a file path")
+    if sec.ok(key) and not path.is_file():
+        sec.error(key, f"file not found: {path}")
+    return path
+
+
+def _storage(sec: Section, here: Path) -> StorageConfig:
+    storage = StorageConfig(
+        data_dir=here / sec.string("data_dir", expected="a directory path"),
+        batch_interval=sec.number("batch_interval", 0.05, 60, default=1.0),
+        batch_max=sec.integer("batch_max", 1, 10_000, default=500),
+        capacity_bytes=sec.integer("capacity_mb", 1, 1_000_000, default=1024) * MIB,
+    )
+    sec.close()
+    return storage
+
+
+def _polling(sec: Section) -> PollingConfig:
+    polling = PollingConfig(
+        response_timeout=sec.number("response_timeout", 0.01, 10, default=0.3),
+        miss_limit=sec.integer("miss_limit", 1, 100, default=3),
+        backoff_max=sec.number("backoff_max", 1, 3600, default=60.0),
+    )
+    sec.close()
+    return polling
+
+
+def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[DeviceConfig, ...]:
+    devices: list[DeviceConfig] = []
+    names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], tuple[str, int]] = {}
+    profiles: dict[str, Profile | None] = {}  # one load (and one report) per profile file
+    for index, sec in enumerate(sections):
+        mark = sec.problems.mark()
+        name = sec.string("name", pattern=_DEVICE_NAME, expected=_DEVICE_NAME_TEXT)
+        driver = sec.choice("driver", DRIVERS)
+        role = sec.string("line", expected="a serial role of the board")
+        address = sec.integer("address", *MODBUS_ADDRESSES)
+        ref = sec.string("profile", expected="a built-in profile name or a path to a .toml file")
+        poll = sec.number("poll", 0.05, 86400, default=1.0)
+        sec.close()
+
+        if sec.ok("name"):
+            if name in names:
+                sec.error(
+                    "name", f"duplicate device name {show(name)} (also devices[{names[name]}])"
+                )
+            names.setdefault(name, index)
+        port = _line(sec, role, board) if sec.ok("line") else None
+        if port is not None and sec.ok("address"):
+            other = addresses.setdefault((port.role, address), (name, index))
+            if other[1] != index:
+                sec.error(
+                    "address",
+                    f"address {address} on line {show(port.role)} is already used by "
+                    f"{show(other[0])} (devices[{other[1]}])",
+                )
+        profile = _profile(sec, ref, here, profiles) if sec.ok("profile") else None
+        if sec.problems.clean_since(mark) and port is not None and profile is not None:
+            devices.append(
+                DeviceConfig(
+                    name=name, driver=driver, line=port, address=address, profile=profile, poll=poll
+                )
+            )
+    return tuple(devices)
+
+
+def _line(sec: Section, role: str, board: Board | None) -> SerialPort | None:
+    if board is None:  # its problems are reported under board.file
+        return None
+    roles = ", ".join(show(r) for r in board.serial)
+    if role.startswith("/dev/"):
+        owners = [r for r, port in board.serial.items() if str(port.device) == role]
+        hint = f"; did you mean {show(owners[0])}?" if owners else f" (serial roles: {roles})"
+        sec.error("line", f"{show(role)} is a device path; name a serial role of the board{hint}")
+        return None
+    port = board.serial.get(role)
+    if port is None:
+        sec.error(
+            "line",
+            f"no serial role {show(role)} on board {show(board.name)}"
+            f"{did_you_mean(role, board.serial)} (serial roles: {roles})",
+        )
+        return None
+    if role == board.console:
+        sec.error("line", f"serial role {show(role)} is the board's technician console")
+        return None
+    if port.bytesize != MODBUS_RTU_BYTESIZE:
+        sec.error(
+            "line",
+            f"Modbus RTU needs {MODBUS_RTU_BYTESIZE} data bits; serial role {show(role)} "
+            f"has bytesize = {port.bytesize}",
+        )
+        return None
+    return port
+
+
+def _profile(
+    sec: Section, ref: str, here: Path, profiles: dict[str, Profile | None]
+) -> Profile | None:
+    key = ref if is_builtin_ref(ref) else str(here / ref)
+    if key in profiles:
+        return profiles[key]
+    try:
+        profiles[key] = load_profile(ref, base_dir=here)
+    except ProfileError as exc:
+        profiles[key] = None
+        for line in exc.errors:
+            sec.error("profile", line)
+    return profiles[key]
+
+
+def _plain(value: object) -> object:
+    """JSON-ready form of the effective configuration (dataclasses by field, paths as text)."""
+    match value:
+        case None | bool() | int() | float() | str():
+            return value
+        case Path():
+            return str(value)
+        case bytes():
+            return value.hex()
+        case Mapping():
+            return {str(k): _plain(v) for k, v in value.items()}
+        case tuple() | list():
+            return [_plain(v) for v in value]
+        case _ if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            # Where a file was read from is not configuration, its content is; and the
+            # digest cannot cover itself.
+            return {
+                f.name: _plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.name not in ("source", "digest")
+            }
+        case _:
+            raise TypeError(f"no canonical form for {type(value).__name__}")
+
+
+def _digest(config: Config) -> bytes:
+    """SHA-256 of the canonical JSON of the effective configuration (sorted keys, no spaces)."""
+    text = json.dumps(
+        _plain(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return hashlib.sha256(text.encode("utf-8")).digest()

@@ -1,0 +1,317 @@
+"""A virtual street cabinet: lamps, a meter and a sensor on one virtual RS-485 line.
+
+::
+
+    async with Cabinet(Scenario(lamps=4), clock=clock) as cab:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(cab.run(), name="sim.cabinet")
+            ...  # point the agent at cab.agent_port
+            cab.fail_lamp("lamp-02")
+
+All devices answer on one pymodbus RTU server (an implementation independent
+of the agent's codec) on the line's device end. A request for a unit that is
+not in the cabinet, or whose device is powered off, gets no answer at all, as
+on a real bus.
+
+Model time comes from the injected :class:`agent.clock.Clock`: :meth:`Cabinet.run`
+ticks every ``Scenario.tick`` seconds of that clock, so on a ``FakeClock`` the
+model moves only when the test advances it. :meth:`Cabinet.tick` advances the
+model by hand.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer
+
+from agent.clock import Clock, SystemClock
+from sim.devices import Device, EnvSensor, Lamp, Meter
+from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
+from sim.devices.lamp import MAX_LEVEL
+from sim.serial_line import VirtualSerialLine
+
+# Lamp names are ``lamp-NN`` (two digits), so at most 99 lamps per line; a real
+# RS-485 segment carries 32 unit loads anyway (TIA-485-A).
+MAX_LAMPS = 99
+
+METER_NAME = "meter"
+ENV_NAME = "env"
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """What the cabinet holds and how it behaves. Same scenario and seed, same run."""
+
+    lamps: int = 8
+    """Number of lamp controllers, named lamp-01.. with units ``first_lamp_unit``.."""
+    meter: bool = True
+    env: bool = True
+    baudrate: int = 19200
+    """Line speed: the devices' serial settings and, with ``wire_timing``, the pacing."""
+    wire_timing: bool = True
+    """Deliver bytes no faster than ``baudrate`` would (11 bits per character)."""
+    seed: int = 1
+    tick: float = 0.5
+    """Model step of :meth:`Cabinet.run`, in seconds of the injected clock."""
+    first_lamp_unit: int = 1
+    meter_unit: int = 20
+    env_unit: int = 30
+    lamp_rated_w: tuple[float, float] = (60.0, 90.0)
+    """Range the (fixed, seeded) rated power of each lamp is drawn from, W."""
+    lamp_start_hours: tuple[float, float] = (70_000.0, 90_000.0)
+    """Range of each lamp's burning hours at start. Long-life LED modules; above
+    65 535 on purpose, so a swapped word order (CDAB) shows in the readings."""
+    meter_start_energy_wh: tuple[float, float] = (1_000_000.0, 50_000_000.0)
+    """Range of the meter's import counter at start, Wh."""
+    ambient_c: float = 25.0
+    """Centre of the cabinet air temperature's random walk, °C."""
+    other_load_w: float = 20.0
+    """Power drawn on L1 besides the lamps (gateway, heater); negative = export
+    (a solar panel), which makes the meter's total power negative."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lamps <= MAX_LAMPS:
+            raise ValueError(f"lamps must be 0..{MAX_LAMPS}, got {self.lamps}")
+        if self.baudrate <= 0:
+            raise ValueError(f"baudrate must be positive, got {self.baudrate}")
+        if self.tick <= 0:
+            raise ValueError(f"tick must be positive, got {self.tick}")
+        for label, (low, high) in (
+            ("lamp_rated_w", self.lamp_rated_w),
+            ("lamp_start_hours", self.lamp_start_hours),
+            ("meter_start_energy_wh", self.meter_start_energy_wh),
+        ):
+            if not 0 <= low <= high:
+                raise ValueError(f"{label} must be (low, high) with 0 <= low <= high")
+        if self.lamp_rated_w[0] <= 0:
+            raise ValueError("lamp_rated_w must be above 0 W")
+        units = self.units()
+        for name, unit in units.items():
+            if not MIN_UNIT <= unit <= MAX_UNIT:
+                raise ValueError(f"{name}: unit {unit} outside {MIN_UNIT}..{MAX_UNIT}")
+        if len(set(units.values())) != len(units):
+            raise ValueError(f"two devices share a unit id: {units}")
+
+    def units(self) -> dict[str, int]:
+        """Unit id of every device in the scenario, by name."""
+        units = {f"lamp-{i + 1:02d}": self.first_lamp_unit + i for i in range(self.lamps)}
+        if self.meter:
+            units[METER_NAME] = self.meter_unit
+        if self.env:
+            units[ENV_NAME] = self.env_unit
+        return units
+
+
+class Cabinet:
+    """The simulated cabinet: a :class:`VirtualSerialLine` and its devices.
+
+    ``link_dir``, if given, gets a stable symlink ``link_dir/line_name`` to
+    :attr:`agent_port` while the cabinet runs.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        *,
+        clock: Clock | None = None,
+        link_dir: Path | None = None,
+        line_name: str = "rs485_lamps",
+    ) -> None:
+        self.scenario = scenario or Scenario()
+        self._clock: Clock = clock or SystemClock()
+        sc = self.scenario
+        self.line = VirtualSerialLine(
+            baudrate=sc.baudrate if sc.wire_timing else None,
+            link_dir=link_dir,
+            name=line_name,
+        )
+        self._server: ModbusSerialServer | None = None
+        self._lamps: list[Lamp] = []
+        for name, unit in sc.units().items():
+            if name.startswith("lamp-"):
+                rng = self._rng(name)
+                rated = round(rng.uniform(*sc.lamp_rated_w))
+                hours = rng.uniform(*sc.lamp_start_hours)
+                self._lamps.append(
+                    Lamp(
+                        name=name,
+                        unit=unit,
+                        rated_w=rated,
+                        rng=rng,
+                        hours=hours,
+                        # As if it had burned at about 80 % of rating all along.
+                        energy_wh=hours * rated * 0.8,
+                        ambient_c=sc.ambient_c,
+                    )
+                )
+        # The air model always exists (the lamps' drivers sit in it); it is a
+        # device on the line only if the scenario has the sensor.
+        self._env = EnvSensor(
+            name=ENV_NAME, unit=sc.env_unit, rng=self._rng(ENV_NAME), ambient_c=sc.ambient_c
+        )
+        self._meter: Meter | None = None
+        if sc.meter:
+            meter_rng = self._rng(METER_NAME)
+            self._meter = Meter(
+                name=METER_NAME,
+                unit=sc.meter_unit,
+                rng=meter_rng,
+                energy_wh=meter_rng.uniform(*sc.meter_start_energy_wh),
+            )
+        self.devices: dict[str, Device] = {lamp.name: lamp for lamp in self._lamps}
+        if self._meter is not None:
+            self.devices[METER_NAME] = self._meter
+        if sc.env:
+            self.devices[ENV_NAME] = self._env
+        self._by_unit = {device.unit: device for device in self.devices.values()}
+        # Settle every measurement so the registers are meaningful before the first tick.
+        self.tick(0.0)
+
+    def _rng(self, name: str) -> random.Random:
+        # One stream per device, so adding a device does not change the others.
+        return random.Random(f"{self.scenario.seed}/{name}")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the line and start the devices' Modbus server on its device end."""
+        await self.line.start()
+        try:
+            server = ModbusSerialServer(
+                [device.simdevice() for device in self.devices.values()],
+                framer=FramerType.RTU,
+                port=self.line.device_port,
+                baudrate=self.scenario.baudrate,
+                trace_pdu=self._admit_request,
+            )
+            await server.serve_forever(background=True)
+        except BaseException:
+            await self.line.close()
+            raise
+        self._server = server
+
+    async def close(self) -> None:
+        """Stop the server and close the line. Idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+        await self.line.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def agent_port(self) -> str:
+        """Path of the serial port the agent opens."""
+        return self.line.agent_port
+
+    # -- model -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick the model every ``scenario.tick`` seconds of the clock, forever."""
+        last = self._clock.monotonic()
+        while True:
+            await self._clock.sleep(self.scenario.tick)
+            now = self._clock.monotonic()
+            self.tick(now - last)
+            last = now
+
+    def tick(self, dt: float) -> None:
+        """Advance the whole model by ``dt`` seconds."""
+        if dt < 0:
+            raise ValueError(f"dt must be >= 0, got {dt}")
+        other = self.scenario.other_load_w
+        load = sum(lamp.power_w for lamp in self._lamps) + other
+        self._env.tick(dt, load_w=load)
+        for lamp in self._lamps:
+            lamp.tick(dt, ambient_c=self._env.air_temperature_c)
+        if self._meter is not None:
+            phases = [0.0, 0.0, 0.0]
+            # Lamps are wired round-robin across the phases: lamp-01 on L1,
+            # lamp-02 on L2, lamp-03 on L3, lamp-04 on L1, ...
+            for index, lamp in enumerate(self._lamps):
+                phases[index % 3] += lamp.power_w
+            phases[0] += other
+            self._meter.tick(dt, phase_power_w=(phases[0], phases[1], phases[2]))
+
+    # -- control -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Snapshot]:
+        """Every device's :meth:`~sim.devices.Device.snapshot`, by name."""
+        return {name: device.snapshot() for name, device in self.devices.items()}
+
+    def power_off(self, name: str) -> None:
+        """Cut a device's supply: it stops answering (no reply at all).
+
+        A lamp controller's lamp goes dark with it; a meter stops counting.
+        """
+        self._device(name).powered = False
+
+    def power_on(self, name: str) -> None:
+        """Restore a device's supply; it answers again with its settings kept."""
+        self._device(name).powered = True
+
+    def fail_lamp(self, name: str) -> None:
+        """Break a lamp: from the next tick it draws 0 W and reports failure=1."""
+        self.lamp(name).failed = True
+
+    def repair_lamp(self, name: str) -> None:
+        """Replace a broken lamp; from the next tick it follows its settings again."""
+        self.lamp(name).failed = False
+
+    def set_level(self, name: str, pct: int) -> None:
+        """Change a lamp's dimming level locally, as a switch in the cabinet would."""
+        if not 0 <= pct <= MAX_LEVEL:
+            raise ValueError(f"{name}: level must be 0..{MAX_LEVEL}, got {pct}")
+        self.lamp(name).level = pct
+
+    def lamp(self, name: str) -> Lamp:
+        """The lamp called ``name``."""
+        device = self._device(name)
+        if not isinstance(device, Lamp):
+            raise ValueError(f"{name} is a {device.model}, not a lamp")
+        return device
+
+    def device_table(self) -> list[dict[str, str | int]]:
+        """One row per device (name, model, unit), for writing the agent's config."""
+        return [
+            {"name": device.name, "model": device.model, "unit": device.unit}
+            for device in self.devices.values()
+        ]
+
+    def _device(self, name: str) -> Device:
+        try:
+            return self.devices[name]
+        except KeyError:
+            known = ", ".join(self.devices) or "none"
+            raise KeyError(f"no device {name!r} in this cabinet (have: {known})") from None
+
+    def _admit_request(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        # pymodbus 3.16 calls this on every decoded request (sending=False) and
+        # skips the request when it returns a falsy value. Without this filter
+        # it answers a unit it does not know with exception 4 (its lookup
+        # raises KeyError, which it reports as DEVICE FAILURE).
+        if sending:
+            return pdu
+        device = self._by_unit.get(pdu.dev_id)
+        if device is None or not device.powered:
+            return None  # type: ignore[return-value]
+        return pdu

@@ -1,0 +1,326 @@
+"""``armoire sim``: a virtual cabinet, a broker, the agent and the central post, with a live view.
+
+The agent runs as its own process, exactly as on a gateway: this module only
+writes its keys and configuration into the data directory and starts
+``python -m agent run``. Everything the view shows comes from what the
+reference central post received and verified, i.e. what a control room sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.clock import SystemClock
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
+from sim.central import CentralPost
+
+GATEWAY_ID = "cab-sim-0001"
+LINE_ROLE = "rs485_1"
+# How long the agent gets to stop cleanly (flush, drain) before it is killed.
+AGENT_STOP_TIMEOUT = 15.0
+# Poll periods of the default scenario, in seconds.
+POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimOptions:
+    broker: str | None = None
+    data: Path | None = None
+    duration: float | None = None
+    agent: bool = True
+    lamps: int = 8
+    seed: int = 1
+
+
+def default_data_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "armoire" / "sim"
+
+
+def agent_command(config: Path) -> list[str]:
+    """The command that runs the agent as a gateway would."""
+    return [sys.executable, "-m", "agent", "run", "--config", str(config)]
+
+
+def ensure_keys(data: Path) -> None:
+    """Provision the gateway identity with the agent's own command, once."""
+    if (data / "gateway.key").exists():
+        return
+    subprocess.run(
+        [sys.executable, "-m", "agent", "keys", "init", "--data", str(data)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def agent_config(cabinet: Cabinet, broker_url: str, *, gateway: str = GATEWAY_ID) -> str:
+    """The gateway configuration for this cabinet, as TOML text."""
+    lines = [
+        "# Written by `armoire sim`: the configuration of the simulated gateway.",
+        f'gateway = "{gateway}"',
+        "",
+        "[site]",
+        "latitude = 45.7640",
+        "longitude = 4.8357",
+        'timezone = "Europe/Paris"',
+        "",
+        "[board]",
+        "# The simulated board: same roles as a real one, devices under ./dev/",
+        'file = "sim"',
+        'base_dir = "."',
+        "",
+        "[uplink]",
+        f'broker = "{broker_url}"',
+        "keepalive = 10",
+        "reconnect_min = 0.5",
+        "reconnect_max = 10.0",
+        "",
+        "[storage]",
+        'data_dir = "."',
+        "batch_interval = 1.0",
+        "",
+        "[polling]",
+        "response_timeout = 0.2",
+        "miss_limit = 3",
+        "backoff_max = 10.0",
+    ]
+    for dev in cabinet.device_table():
+        lines += [
+            "",
+            "[[devices]]",
+            f'name = "{dev["name"]}"',
+            'driver = "modbus-rtu"',
+            f'line = "{LINE_ROLE}"',
+            f"address = {dev['unit']}",
+            f'profile = "{dev["model"]}"',
+            f"poll = {POLL.get(dev['model'], 1.0)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class AgentProcess:
+    """The agent as a child process, its log in DATA/agent.log."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *agent_command(self.config), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(AGENT_STOP_TIMEOUT):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode
+
+
+class View:
+    """The live terminal view (a full-screen table on a TTY, a status line otherwise)."""
+
+    def __init__(self, out: TextIO, *, gw: str, broker: str) -> None:
+        self.out = out
+        self.gw = gw
+        self.broker = broker
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self._last = (time.monotonic(), 0)
+        self.rate = 0.0
+
+    def sample_rate(self, readings: int) -> None:
+        now = time.monotonic()
+        t0, n0 = self._last
+        if now - t0 >= 1.0:
+            self.rate = (readings - n0) / (now - t0)
+            self._last = (now, readings)
+
+    def render(self, central: CentralPost, agent: AgentProcess | None, cabinet: Cabinet) -> None:
+        stats = central.stats()
+        self.sample_rate(stats["readings"])
+        up = int(time.monotonic() - self.started)
+        state = central.state.get(self.gw)
+        link = "unknown"
+        if state is not None:
+            link = "ONLINE" if state.get("online") else "OFFLINE (death received)"
+        agent_state = "external" if agent is None else ("running" if agent.running else "stopped")
+        if not self.tty:
+            if up % 10 == 0:
+                print(
+                    f"[{up:5d}s] link {link}, agent {agent_state}, verified {stats['verified']}, "
+                    f"rejected {stats['rejected']}, readings {stats['readings']} "
+                    f"({self.rate:.1f}/s)",
+                    file=self.out,
+                    flush=True,
+                )
+            return
+        lines = [
+            f"Armoire simulator — gateway {self.gw} — broker {self.broker} — up "
+            f"{up // 3600:02d}:{up // 60 % 60:02d}:{up % 60:02d}",
+            f"link {link}   agent {agent_state}",
+            f"central post: verified {stats['verified']}  rejected {stats['rejected']}  "
+            f"duplicates {stats['duplicates']}  readings {stats['readings']} "
+            f"({self.rate:.1f}/s)  points {stats['points']}",
+            "",
+            *self._device_lines(central, cabinet),
+            "",
+            "Ctrl-C to stop.",
+        ]
+        self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        self.out.flush()
+
+    def _device_lines(self, central: CentralPost, cabinet: Cabinet) -> Iterator[str]:
+        latest = central.latest.get(self.gw, {})
+        by_device: dict[str, dict[str, Any]] = {}
+        for point, reading in latest.items():
+            device, _, name = point.partition("/")
+            by_device.setdefault(device, {})[name] = reading
+        yield f"{'device':<10} {'quality':<10} values (as verified by the central post)"
+        for name in cabinet.devices:
+            readings = by_device.get(name, {})
+            qualities = {r.quality for r in readings.values()}
+            quality = "—" if not readings else ("good" if qualities == {0} else _quality(qualities))
+            values = "  ".join(f"{k}={_fmt(r.value)}" for k, r in sorted(readings.items()))
+            yield f"{name:<10} {quality:<10} {values}"
+
+
+def _quality(codes: set[int]) -> str:
+    names = {0: "good", 1: "stale", 2: "comm_fail", 3: "out_of_range", 4: "overridden"}
+    return ",".join(names.get(c, str(c)) for c in sorted(codes) if c)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+async def _sim(options: SimOptions) -> dict[str, int]:
+    data = (options.data or default_data_dir()).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    clock = SystemClock()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        if options.broker:
+            broker_url = options.broker
+        else:
+            broker = await stack.enter_async_context(Mosquitto(data_dir=data / "broker"))
+            broker_url = broker.url
+        cabinet = await stack.enter_async_context(
+            Cabinet(
+                Scenario(lamps=options.lamps, seed=options.seed),
+                clock=clock,
+                link_dir=data / "dev",
+                line_name=LINE_ROLE,
+            )
+        )
+        ensure_keys(data)
+        config = data / "agent.toml"
+        config.write_text(agent_config(cabinet, broker_url))
+        central = await stack.enter_async_context(
+            CentralPost(broker_url, keys={GATEWAY_ID: _raw_pub(data / "gateway.pub")})
+        )
+        agent: AgentProcess | None = None
+        if options.agent:
+            agent = AgentProcess(config, data / "agent.log")
+            await agent.start()
+        else:
+            print(
+                f"agent not started; run it with:\n  armoire run --config {config}",
+                file=sys.stderr,
+                flush=True,
+            )
+        view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url)
+        async with asyncio.TaskGroup() as tg:
+            model = tg.create_task(cabinet.run(), name="sim.cabinet")
+            try:
+                async with asyncio.timeout(options.duration):
+                    while not stop.is_set():
+                        view.render(central, agent, cabinet)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):
+                                await stop.wait()
+            except TimeoutError:
+                pass
+            if agent is not None:
+                await agent.stop()
+            # Let the last messages the agent drained on exit reach the central post.
+            with contextlib.suppress(TimeoutError):
+                await central.wait_for(lambda c: _settled(c, data), timeout=5.0)
+            model.cancel()
+        stats = central.stats()
+        status = _agent_status(data)
+        published = int(status.get("uplink", {}).get("published", 0)) if status else 0
+        return {
+            "published": published,
+            "verified": stats["verified"],
+            "rejected": stats["rejected"],
+            "points": stats["points"],
+            "readings": stats["readings"],
+        }
+
+
+def _settled(central: CentralPost, data: Path) -> bool:
+    status = _agent_status(data)
+    if status is None:
+        return True
+    published = int(status.get("uplink", {}).get("published", 0))
+    return bool(central.stats()["verified"] >= published)
+
+
+def _agent_status(data: Path) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads((data / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded
+
+
+def _raw_pub(path: Path) -> bytes:
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_public_key,
+    )
+
+    return load_pem_public_key(path.read_bytes()).public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def run_sim(options: SimOptions) -> int:
+    """Run the simulator; prints the final figures as one JSON line."""
+    result = asyncio.run(_sim(options))
+    print(json.dumps(result), flush=True)
+    return 0

@@ -1,0 +1,129 @@
+"""Reporter decisions on the fake clock: deadband, quality, heartbeat, batching."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.clock import FakeClock, wall_ms
+from agent.messages import MessageFactory
+from agent.outbox import Outbox
+from agent.points import Points, Quality, Sample
+from agent.reporter import Reporter, ReportPolicy
+from agent.security.cose import Signer, decode_envelope
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, *, batch_max: int = 500) -> None:
+        self.clock = FakeClock()
+        self.points = Points()
+        self.outbox = Outbox.open(tmp_path, self.clock)
+        self.key = Ed25519PrivateKey.generate()
+        factory = MessageFactory(gw="cab-1", boot=self.outbox.boot, signer=Signer(self.key))
+        self.reporter = Reporter(
+            points=self.points,
+            policies={
+                "lamp-01/power": ReportPolicy(deadband=1.0, heartbeat=60),
+                "lamp-01/on": ReportPolicy(deadband=0, heartbeat=300),
+            },
+            outbox=self.outbox,
+            factory=factory,
+            clock=self.clock,
+            batch_interval=1.0,
+            batch_max=batch_max,
+        )
+
+    def set(self, name: str, value: Any, quality: Quality = Quality.GOOD) -> None:
+        self.points.update(
+            Sample(name=name, value=value, quality=quality, t_ms=wall_ms(self.clock))
+        )
+
+    def bodies(self) -> list[dict[str, Any]]:
+        out = []
+        for record in self.outbox.take(1000):
+            msg = decode_envelope(record.payload)
+            self.outbox.done(record)
+            out.append(cbor2.loads(msg.payload))
+        return out
+
+    def readings(self) -> list[tuple[str, Any, int]]:
+        return [(r[0], r[2], r[3]) for b in self.bodies() for r in b["r"]]
+
+
+def test_reporter__deadband_suppresses_small_changes(tmp_path: Path) -> None:
+    """Noise below the deadband would flood a cellular link with useless readings."""
+    rig = Rig(tmp_path)
+    rig.set("lamp-01/power", 60.0)
+    rig.set("lamp-01/power", 60.5)
+    rig.set("lamp-01/power", 61.5)
+    rig.reporter.flush()
+    assert rig.readings() == [("lamp-01/power", 60, 0), ("lamp-01/power", 61.5, 0)]
+
+
+def test_reporter__quality_change_always_reported(tmp_path: Path) -> None:
+    """A device failing would go unseen while its last value stays the same."""
+    rig = Rig(tmp_path)
+    rig.set("lamp-01/on", True)
+    rig.set("lamp-01/on", True, Quality.COMM_FAIL)
+    rig.reporter.flush()
+    assert rig.readings() == [("lamp-01/on", True, 0), ("lamp-01/on", True, 2)]
+
+
+async def test_reporter__heartbeat_resends_steady_value(tmp_path: Path) -> None:
+    """The control room could not tell a steady lamp from a silent gateway."""
+    rig = Rig(tmp_path)
+    task = asyncio.create_task(rig.reporter.run())
+    rig.set("lamp-01/power", 60.0)
+    await rig.clock.advance(1.0)
+    assert len(rig.readings()) == 1
+    await rig.clock.advance(58.0)
+    assert rig.readings() == []
+    await rig.clock.advance(1.0)
+    assert rig.readings() == [("lamp-01/power", 60, 0)]
+    task.cancel()
+
+
+def test_reporter__batch_split_by_size_with_gapless_seq(tmp_path: Path) -> None:
+    """Big bursts would produce oversize messages or seq gaps the central post reports as loss."""
+    rig = Rig(tmp_path, batch_max=2)
+    for v in range(5):
+        rig.set("lamp-01/power", float(v * 10))
+    rig.reporter.flush()
+    bodies = rig.bodies()
+    assert [len(b["r"]) for b in bodies] == [2, 2, 1]
+    assert [b["seq"] for b in bodies] == [0, 1, 2]
+    assert all(b["gw"] == "cab-1" and b["boot"] == 1 and b["v"] == 1 for b in bodies)
+
+
+def test_reporter__dt_relative_to_t0(tmp_path: Path) -> None:
+    """Reading times would be wrong at the central post."""
+    rig = Rig(tmp_path)
+    rig.points.update(Sample(name="lamp-01/power", value=1.0, quality=Quality.GOOD, t_ms=5000))
+    rig.points.update(Sample(name="lamp-01/power", value=9.0, quality=Quality.GOOD, t_ms=5250))
+    rig.reporter.flush()
+    (body,) = rig.bodies()
+    assert body["t0"] == 5000
+    assert [r[1] for r in body["r"]] == [0, 250]
+
+
+def test_reporter__unknown_points_ignored(tmp_path: Path) -> None:
+    """Points without a policy (not configured for reporting) must not be sent."""
+    rig = Rig(tmp_path)
+    rig.set("other/x", 1)
+    assert rig.reporter.flush() == 0
+
+
+@pytest.mark.parametrize("lost", [0, 7])
+def test_reporter__lost_count_in_next_batch(tmp_path: Path, lost: int) -> None:
+    """Lost readings would go unreported, hiding a gap from the control room."""
+    rig = Rig(tmp_path)
+    rig.reporter.lost = lost
+    rig.set("lamp-01/power", 1.0)
+    rig.reporter.flush()
+    (body,) = rig.bodies()
+    assert body.get("lost", 0) == lost
