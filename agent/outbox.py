@@ -128,8 +128,13 @@ class Outbox:
 
     @property
     def last_seq(self) -> int:
-        """The last ``seq`` assigned (Birth and Death carry it); -1 before the first."""
-        return self._next_seq - 1
+        """The last ``seq`` assigned, which Birth and Death carry.
+
+        Before anything is numbered this is 0 too (``seq`` is a uint on the wire);
+        the agent appends its ``agent.start`` event before it connects, so in
+        practice the uplink always has a real number to send.
+        """
+        return max(0, self._next_seq - 1)
 
     def append(self, item: Pending) -> int:
         """Store one message durably and return its ``seq``."""

@@ -217,7 +217,7 @@ async def run_agent(config: Config, *, clock: Clock | None = None) -> None:
         len(config.points()),
     )
     await agent.run(stop)
-    log.info("stopped: %s", json.dumps(agent.status()["uplink"]))
+    log.info("stopped: %s", json.dumps(agent.uplink.statistics()))
 
 
 def data_status(data_dir: Path) -> dict[str, Any] | None:

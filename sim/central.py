@@ -171,7 +171,10 @@ class GatewayKey:
 
 def load_public_pem(path: Path) -> bytes:
     """The raw 32-byte Ed25519 public key from a PEM (SubjectPublicKeyInfo) file."""
-    key = serialization.load_pem_public_key(path.read_bytes())
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise LocalProtocolError(f"{path}: cannot read a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise LocalProtocolError(f"{path}: not an Ed25519 public key")
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -29,6 +29,7 @@ import enum
 import logging
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -76,8 +77,9 @@ class LinkStatistics:
 class _Pipe:
     """One client connection and its upstream connection."""
 
-    def __init__(self, client_writer: asyncio.StreamWriter) -> None:
+    def __init__(self, client_writer: asyncio.StreamWriter, task: asyncio.Task[None]) -> None:
         self.client_writer = client_writer
+        self.task = task  # the handler serving this connection
         self.upstream_writer: asyncio.StreamWriter | None = None
         # Set once this connection has seen a stall: it never forwards again.
         self.stalled = False
@@ -138,10 +140,8 @@ class LinkProxy:
         """Stop listening and drop every connection."""
         if self._server is not None:
             self._server.close()
-        self._drop_all()
-        # Not cancelled: reset connections end their handlers by themselves,
-        # and asyncio's streams log an error for a cancelled handler task.
-        await self._settle()
+        await self._drop(self._pipes)
+        await self._settle(self._handlers)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -185,8 +185,7 @@ class LinkProxy:
         """Reset every connection; reset new ones until :meth:`restore`."""
         _log.info("link cut")
         self._state = LinkState.CUT
-        self._drop_all()
-        await self._settle()
+        await self._drop(self._pipes)
 
     async def stall(self) -> None:
         """Keep connections open but forward nothing, until :meth:`restore`."""
@@ -199,21 +198,24 @@ class LinkProxy:
         """Forward again; connections that lived through a stall are reset."""
         _log.info("link restored")
         self._state = LinkState.UP
-        self._drop_all()
-        await self._settle()
+        await self._drop([pipe for pipe in self._pipes if pipe.stalled])
 
     # -- internals -----------------------------------------------------------
 
-    def _drop_all(self) -> None:
-        for pipe in self._pipes:
+    async def _drop(self, pipes: Iterable[_Pipe]) -> None:
+        """Reset ``pipes``, discard what they held, and wait for their handlers."""
+        pipes = list(pipes)
+        for pipe in pipes:
             self._bytes_discarded += pipe.held
             pipe.held = 0
             pipe.reset()
+        await self._settle(pipe.task for pipe in pipes)
 
-    async def _settle(self) -> None:
-        """Wait until every connection handler has finished."""
-        current = asyncio.current_task()
-        pending = [task for task in self._handlers if task is not current]
+    async def _settle(self, handlers: Iterable[asyncio.Task[None]]) -> None:
+        """Wait until ``handlers`` have finished."""
+        # Not cancelled: a reset connection ends its handler by itself, and
+        # asyncio's streams log an error for a cancelled handler task.
+        pending = set(handlers) - {asyncio.current_task()}
         if not pending:
             return
         _done, stuck = await asyncio.wait(pending, timeout=SETTLE_TIMEOUT_S)
@@ -228,7 +230,7 @@ class LinkProxy:
         self._handlers.add(task)
         self._connections += 1
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, task)
         except (OSError, asyncio.IncompleteReadError):
             # A reset or broken connection ends the pipe; that is the point.
             pass
@@ -236,12 +238,17 @@ class LinkProxy:
             self._handlers.discard(task)
             writer.transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        task: asyncio.Task[None],
+    ) -> None:
         if self._state is LinkState.CUT:
             self._refused += 1
             _reset(writer)
             return
-        pipe = _Pipe(writer)
+        pipe = _Pipe(writer, task)
         self._pipes.add(pipe)
         try:
             if self._state is LinkState.STALLED:

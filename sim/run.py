@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost
+from sim.central import CentralPost, Reading, load_public_pem
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
@@ -106,7 +106,7 @@ def agent_config(cabinet: Cabinet, broker_url: str, *, gateway: str = GATEWAY_ID
             f'line = "{LINE_ROLE}"',
             f"address = {dev['unit']}",
             f'profile = "{dev["model"]}"',
-            f"poll = {POLL.get(dev['model'], 1.0)}",
+            f"poll = {POLL.get(str(dev['model']), 1.0)}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -200,11 +200,11 @@ class View:
         self.out.flush()
 
     def _device_lines(self, central: CentralPost, cabinet: Cabinet) -> Iterator[str]:
-        latest = central.latest.get(self.gw, {})
-        by_device: dict[str, dict[str, Any]] = {}
-        for point, reading in latest.items():
-            device, _, name = point.partition("/")
-            by_device.setdefault(device, {})[name] = reading
+        by_device: dict[str, dict[str, Reading]] = {}
+        for reading in central.latest.values():
+            if reading.gw == self.gw:
+                device, _, name = reading.point.partition("/")
+                by_device.setdefault(device, {})[name] = reading
         yield f"{'device':<10} {'quality':<10} values (as verified by the central post)"
         for name in cabinet.devices:
             readings = by_device.get(name, {})
@@ -251,7 +251,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         config = data / "agent.toml"
         config.write_text(agent_config(cabinet, broker_url))
         central = await stack.enter_async_context(
-            CentralPost(broker_url, keys={GATEWAY_ID: _raw_pub(data / "gateway.pub")})
+            CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
         )
         agent: AgentProcess | None = None
         if options.agent:
@@ -307,16 +307,6 @@ def _agent_status(data: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return loaded
-
-
-def _raw_pub(path: Path) -> bytes:
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_public_key,
-    )
-
-    return load_pem_public_key(path.read_bytes()).public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def run_sim(options: SimOptions) -> int:

@@ -429,9 +429,12 @@ class ResponseDecoder:
     then the response, or raises a :class:`RemoteProtocolError` subclass. The
     frame length is known from the first 2 or 3 bytes (serial spec §2.5.1 has
     no length field: it follows from the function code and, for reads, the
-    byte count). Checks, in order: CRC (so a corrupted unit byte reads as a CRC
-    error, not as another device), unit, function, exception code, byte count
-    and write echoes, and no bytes past the end of the frame.
+    byte count; a function code of unknown shape is framed as the reply we
+    expect, so that the CRC can still tell corruption from a real wrong
+    function; a length over 256 bytes is rejected at once). Checks, in order:
+    CRC (so a corrupted unit byte reads as a CRC error, not as another device),
+    unit, function, exception code, byte count and write echoes, and no bytes
+    past the end of the frame.
 
     Once it has given a result the decoder is finished: later calls return the
     same response or raise the same error, except that more bytes after a

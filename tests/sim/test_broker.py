@@ -21,7 +21,7 @@ V5 = aiomqtt.ProtocolVersion.V5
 
 
 def _session(expiry_s: int = 60) -> Properties:
-    properties = Properties(PacketTypes.CONNECT)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = expiry_s
     return properties
 

@@ -486,3 +486,11 @@ def test_ledger__arbitrary_bytes_are_rejected_never_crash(payload: bytes, gw: st
         "wrong-kid",
         "bad-signature",
     }
+
+
+def test_central__unreadable_pem_is_named(tmp_path: Path) -> None:
+    """A bad key file fails with its path (else provisioning errors are a guessing game)."""
+    (tmp_path / "gw.pub").write_text("not a key")
+    central = CentralPost("mqtt://127.0.0.1:1")
+    with pytest.raises(LocalProtocolError, match="gw.pub"):
+        central.load_gateway_key("gw-7", tmp_path / "gw.pub")

@@ -35,11 +35,8 @@ def test_builtin_boards__sim_has_the_real_boards_roles() -> None:
     assert real.watchdog == Path("/dev/watchdog")
     for role, port in real.serial.items():
         sim_port = sim.serial[role]
-        assert (sim_port.baudrate, sim_port.parity, sim_port.rs485) == (
-            port.baudrate,
-            port.parity,
-            port.rs485,
-        )
+        # Parity is the one deliberate difference: ptys cannot carry it (see board/sim.toml).
+        assert (sim_port.baudrate, sim_port.rs485) == (port.baudrate, port.rs485)
     for role, line in real.gpio.items():
         assert (sim.gpio[role].direction, sim.gpio[role].active_low) == (
             line.direction,

@@ -263,7 +263,7 @@ def test_request__is_frozen_and_keyword_only() -> None:
     with pytest.raises(AttributeError):
         request.unit = 2  # type: ignore[misc]
     with pytest.raises(TypeError):
-        ReadHoldingRegisters(1, 0, 1)  # type: ignore[misc]
+        ReadHoldingRegisters(1, 0, 1)  # type: ignore[call-arg]
 
 
 # --- Decoding: the fixture table ------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""The virtual cabinet, the reference central post and the agent as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.clock import SystemClock
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
+from sim.central import CentralPost, load_public_pem
+from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
+
+
+@dataclass
+class Site:
+    """Everything a test needs to drive the cabinet and watch the control room."""
+
+    data: Path
+    broker: Mosquitto
+    cabinet: Cabinet
+    central: CentralPost
+    agent: AgentProcess
+    gw: str = GATEWAY_ID
+
+    def log(self) -> str:
+        return self.agent.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
+    """A running gateway: cabinet on a pty line, agent process, central post, mosquitto."""
+    async with contextlib.AsyncExitStack() as stack:
+        cabinet = await stack.enter_async_context(
+            Cabinet(Scenario(), clock=SystemClock(), link_dir=tmp_path / "dev", line_name=LINE_ROLE)
+        )
+        model = asyncio.create_task(cabinet.run(), name="sim.cabinet")
+        stack.callback(model.cancel)
+        ensure_keys(tmp_path)
+        config = tmp_path / "agent.toml"
+        config.write_text(agent_config(cabinet, broker.url))
+        central = await stack.enter_async_context(
+            CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
+        )
+        agent = AgentProcess(config, tmp_path / "agent.log")
+        await agent.start()
+        stack.push_async_callback(agent.stop)
+        yield Site(data=tmp_path, broker=broker, cabinet=cabinet, central=central, agent=agent)

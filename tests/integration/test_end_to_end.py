@@ -1,0 +1,126 @@
+"""The walking skeleton end to end: devices → agent → mosquitto → central post."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.central import CentralPost
+from tests.integration.conftest import Site
+
+pytestmark = pytest.mark.integration
+
+# Generous: CI machines are slow and share two cores; a pass is usually seconds.
+WAIT_S = 30.0
+
+
+def _points_seen(central: CentralPost, gw: str) -> set[str]:
+    return {r.point for r in central.latest.values() if r.gw == gw}
+
+
+def _expected_points(site: Site) -> set[str]:
+    names = {
+        "lamp-ctl": ["level", "on", "failure", "power", "energy", "hours", "driver_temp"],
+        "meter-3ph": [
+            "voltage_l1", "voltage_l2", "voltage_l3",
+            "current_l1", "current_l2", "current_l3", "power", "energy",
+        ],
+        "env-sensor": ["temperature", "humidity"],
+    }  # fmt: skip
+    return {f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]}
+
+
+def _latest(site: Site, point: str) -> tuple[object, int] | None:
+    reading = site.central.latest.get(f"{site.gw}:{point}")
+    return None if reading is None else (reading.value, reading.quality)
+
+
+async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
+    """The control room would be missing values from the cabinet, or see unverifiable ones."""
+    expected = _expected_points(site)
+    assert len(expected) == 66
+    await site.central.wait_for(lambda c: expected <= _points_seen(c, site.gw), WAIT_S)
+    assert site.central.stats()["rejected"] == 0, site.central.rejections
+    # Values are the simulated devices' values, with good quality.
+    snap = site.cabinet.snapshot()
+    assert _latest(site, "lamp-01/level") == (snap["lamp-01"]["level"], 0)
+    assert _latest(site, "lamp-01/on") == (True, 0)
+    assert _latest(site, "lamp-05/hours") == (snap["lamp-05"]["hours"], 0)
+    # The Birth is retained and lists every point with its unit and writability.
+    birth = site.central.state[site.gw]
+    assert birth["online"] is True
+    assert set(birth["points"]) == expected
+    assert birth["points"]["lamp-01/level"] == {"unit": "%", "w": True}
+    assert birth["points"]["meter/voltage_l1"] == {"unit": "V", "w": False}
+
+
+async def test_e2e__device_switched_off_goes_comm_fail_and_comes_back(site: Site) -> None:
+    """A dead lamp controller would look healthy in the control room, or never recover."""
+    await site.central.wait_for(lambda c: _latest(site, "lamp-03/power") is not None, WAIT_S)
+    site.cabinet.power_off("lamp-03")
+    lamp3 = [f"lamp-03/{p}" for p in ("level", "on", "power", "driver_temp")]
+    await site.central.wait_for(
+        lambda c: all((_latest(site, p) or (None, 0))[1] == 2 for p in lamp3), WAIT_S
+    )
+    # Its neighbours on the same line keep reporting good values.
+    assert _latest(site, "lamp-04/level") == (100, 0)
+    site.cabinet.power_on("lamp-03")
+    await site.central.wait_for(
+        lambda c: all((_latest(site, p) or (None, 2))[1] == 0 for p in lamp3), WAIT_S
+    )
+    log = site.log()
+    assert log.count("lamp-03 unreachable") == 1, log
+    assert log.count("lamp-03 back") == 1, log
+
+
+async def test_e2e__stop_publishes_death_and_no_gap(site: Site) -> None:
+    """After a clean stop the control room would think the cabinet is still online, or see a gap."""
+    await site.central.wait_for(lambda c: c.stats()["readings"] >= 66, WAIT_S)
+    assert await site.agent.stop() == 0
+    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is False, WAIT_S)
+    death = site.central.state[site.gw]
+    assert site.central.gaps(site.gw) == []
+    assert site.central.stats()["rejected"] == 0
+    # Death carries the last seq, so the central post knows what to expect.
+    status = json.loads((site.data / "status.json").read_text())
+    assert death["seq"] == status["outbox"]["last_seq"]
+    assert status["outbox"]["depth"]["telemetry"] == 0
+
+
+async def test_e2e__restart_increments_boot_and_seq_continues(site: Site) -> None:
+    """A rebooted gateway would reuse message numbers and its data would be de-duplicated away."""
+    await site.central.wait_for(lambda c: c.stats()["readings"] >= 66, WAIT_S)
+    await site.agent.stop()
+    first = max(r.seq for r in site.central.readings)
+    await site.agent.start()
+    await site.central.wait_for(lambda c: any(r.boot == 2 for r in c.readings), WAIT_S)
+    second = min(r.seq for r in site.central.readings if r.boot == 2)
+    assert second > first
+    assert site.central.gaps(site.gw) == []
+
+
+async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
+    """`armoire sim --duration` would hang, or end without the figures a user reads."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "sim", "--data", str(tmp_path), "--duration", "6",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    last = json.loads(out.decode().strip().splitlines()[-1])
+    assert set(last) == {"published", "verified", "rejected", "points", "readings"}
+    assert last["rejected"] == 0
+    assert last["points"] == 66
+    assert last["verified"] == last["published"] > 0
+    # The keys stay in the data folder, and `armoire keys show` prints them.
+    show = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "keys", "show", "--data", str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    keys = json.loads((await show.communicate())[0])
+    assert keys["gw"] == "cab-sim-0001"
+    assert len(bytes.fromhex(keys["pub"])) == 32
