@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
+from agent.supervisor import supervise
 from agent.uplink import Uplink
 from drivers.modbus.transport import RtuTransport
 
@@ -168,15 +170,13 @@ class Agent:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                uplink = tg.create_task(self.uplink.run(), name="uplink")
-                others = [
-                    tg.create_task(self.reporter.run(), name="reporter"),
-                    tg.create_task(self._status_loop(), name="status"),
-                ]
-                others += [
-                    tg.create_task(poller.run(), name=f"driver[{poller.device.name}].poll")
-                    for poller in self.pollers
-                ]
+
+                def run(name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+                    return tg.create_task(supervise(name, loop, self.clock), name=name)
+
+                uplink = run("uplink", self.uplink.run)
+                others = [run("reporter", self.reporter.run), run("status", self._status_loop)]
+                others += [run(f"driver[{p.device.name}].poll", p.run) for p in self.pollers]
                 await stop.wait()
                 for task in others:
                     task.cancel()

@@ -116,7 +116,9 @@ class Uplink:
                     self.connects += 1
                     backoff = self._config.reconnect_min
                     await self._session(client)
-            except aiomqtt.MqttError as exc:
+            except* aiomqtt.MqttError as group:
+                # The session's tasks raise inside a TaskGroup, hence the group.
+                exc = group.exceptions[0]
                 if self.state is LinkState.ONLINE:
                     log.warning("uplink lost: %s", exc)
                 elif self.state is LinkState.CONNECTING:

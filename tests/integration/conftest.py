@@ -14,6 +14,7 @@ from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
 from sim.central import CentralPost, load_public_pem
+from sim.proxy import LinkProxy
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 
@@ -26,6 +27,7 @@ class Site:
     cabinet: Cabinet
     central: CentralPost
     agent: AgentProcess
+    link: LinkProxy
     gw: str = GATEWAY_ID
 
     def log(self) -> str:
@@ -34,8 +36,13 @@ class Site:
 
 @pytest.fixture
 async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
-    """A running gateway: cabinet on a pty line, agent process, central post, mosquitto."""
+    """A running gateway: cabinet on a pty line, agent process, central post, mosquitto.
+
+    The agent reaches the broker through a proxy that tests can cut or stall, like
+    the cabinet's cellular link; the central post is connected to the broker directly.
+    """
     async with contextlib.AsyncExitStack() as stack:
+        link = await stack.enter_async_context(LinkProxy("127.0.0.1", broker.port))
         cabinet = await stack.enter_async_context(
             Cabinet(Scenario(), clock=SystemClock(), link_dir=tmp_path / "dev", line_name=LINE_ROLE)
         )
@@ -43,11 +50,13 @@ async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
         stack.callback(model.cancel)
         ensure_keys(tmp_path)
         config = tmp_path / "agent.toml"
-        config.write_text(agent_config(cabinet, broker.url))
+        config.write_text(agent_config(cabinet, link.url))
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
         )
         agent = AgentProcess(config, tmp_path / "agent.log")
         await agent.start()
         stack.push_async_callback(agent.stop)
-        yield Site(data=tmp_path, broker=broker, cabinet=cabinet, central=central, agent=agent)
+        yield Site(
+            data=tmp_path, broker=broker, cabinet=cabinet, central=central, agent=agent, link=link
+        )

@@ -103,6 +103,22 @@ async def test_e2e__restart_increments_boot_and_seq_continues(site: Site) -> Non
     assert site.central.gaps(site.gw) == []
 
 
+async def test_e2e__link_cut_then_restored_delivers_the_outage(site: Site) -> None:
+    """Readings taken while the cellular link was down would never reach the control room."""
+    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is True, WAIT_S)
+    await site.link.cut()
+    # The broker publishes the Will: the control room sees the cabinet go offline.
+    await site.central.wait_for(lambda c: c.state[site.gw]["online"] is False, WAIT_S)
+    during = len(site.central.readings)
+    site.cabinet.set_level("lamp-02", 40)  # a change made while nobody can hear it
+    await site.link.restore()
+    await site.central.wait_for(lambda c: c.state[site.gw]["online"] is True, WAIT_S)
+    await site.central.wait_for(lambda c: _latest(site, "lamp-02/level") == (40, 0), WAIT_S)
+    assert len(site.central.readings) > during
+    assert site.central.gaps(site.gw) == []
+    assert site.central.stats()["rejected"] == 0
+
+
 async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
     """`armoire sim --duration` would hang, or end without the figures a user reads."""
     proc = await asyncio.create_subprocess_exec(

@@ -492,5 +492,5 @@ def test_central__unreadable_pem_is_named(tmp_path: Path) -> None:
     """A bad key file fails with its path (else provisioning errors are a guessing game)."""
     (tmp_path / "gw.pub").write_text("not a key")
     central = CentralPost("mqtt://127.0.0.1:1")
-    with pytest.raises(LocalProtocolError, match="gw.pub"):
+    with pytest.raises(LocalProtocolError, match=r"gw\.pub"):
         central.load_gateway_key("gw-7", tmp_path / "gw.pub")
