@@ -51,9 +51,10 @@ SECONDS_PER_HOUR = 3600.0
 # Driver heating: °C above ambient per watt drawn. A 90 W LED driver in a
 # closed luminaire head runs ~20 °C above the air around it.
 DRIVER_C_PER_W = 0.25
-# Relative standard deviation of the power reading (a cheap metering IC, ±1 %).
-POWER_NOISE = 0.005
-DRIVER_TEMP_NOISE_C = 0.05
+# Relative standard deviation of the power reading: a cheap metering IC (±1 %)
+# plus the mains voltage wobbling under the driver (another ±1 %).
+POWER_NOISE = 0.02
+DRIVER_TEMP_NOISE_C = 0.3  # NTC on the driver board, unfiltered
 
 
 class Lamp(Device):
