@@ -279,7 +279,8 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
         data_dir=here / sec.string("data_dir", expected="a directory path"),
         batch_interval=sec.number("batch_interval", 0.05, 60, default=1.0),
         batch_max=sec.integer("batch_max", 1, 10_000, default=500),
-        capacity_bytes=sec.integer("capacity_mb", 1, 1_000_000, default=1024) * MIB,
+        # Fractions of a MiB are allowed so tests can fill an outbox quickly.
+        capacity_bytes=int(sec.number("capacity_mb", 0.01, 1_000_000, default=512) * MIB),
     )
     sec.close()
     return storage

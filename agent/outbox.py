@@ -2,34 +2,60 @@
 
 DESIGN.md, "Outbox: store-and-forward": one SQLite file in WAL mode under the
 data directory. Records are stored already encoded and signed, each with its
-class and its ``seq``. ``seq`` is assigned here, at append time, and the
-``boot`` counter and the next ``seq`` live in the same file, updated in the
-same transaction as the records, so both stay strictly increasing across
-restarts whatever instant the process dies at.
+class and its ``seq``. ``seq`` is assigned here, at append time; the ``boot``
+counter and the next ``seq`` live in the same file and change in the same
+transaction as the records, so both stay strictly increasing whatever instant
+the process dies at.
 
-Every append is one transaction, committed with ``synchronous=FULL`` before
-``append`` returns: telemetry is already grouped into one message per batch
-interval by the reporter (``append_many`` puts a split batch in one
-transaction), so this *is* the group commit, and alarms, audit records and acks
-are on disk before anyone calls them accepted. Deletes after PUBACK need no
-such care (a lost delete only causes a duplicate the central post removes), so
-they are committed lazily, with the next append or every :data:`DELETE_BATCH`.
+Durability: every append is one transaction committed with
+``synchronous=FULL`` before ``append`` returns. Telemetry is already grouped
+into one message per batch interval by the reporter (``append_many`` puts a
+split batch in one transaction), so this *is* the group commit; alarms, audit
+records and acks are on the medium before anyone calls them accepted. Deletes
+after PUBACK need no such care (a lost delete only causes a duplicate that the
+central post removes), so they are committed lazily.
+
+Capacity: stored message bytes are bounded. Past the capacity the oldest
+telemetry goes first, then events; alarms, audit records and acks only past
+the hard limit. Every eviction is reported by an ``outbox.evicted`` Event
+written in the same transaction (PROTOCOL.md, "Sequence numbers"), and the
+evicted readings are counted for the next Telemetry ``lost`` field.
+
+Recovery: a file that cannot be opened or fails ``PRAGMA integrity_check`` is
+moved aside and replaced. ``boot`` and a reserved ``seq`` ceiling are also kept
+in a small side file, so even then numbering continues above anything that
+was ever sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from agent.clock import Clock, wall_ms
 
+log = logging.getLogger(__name__)
+
 OUTBOX_FILE = "outbox.sqlite"
+STATE_FILE = "outbox.state"
 # Deletes are cheap to lose (a duplicate at worst): commit them in groups.
 DELETE_BATCH = 256
+# seq numbers reserved in the side file at a time: one small fsync per this many
+# messages, and the size of the seq jump after a database had to be replaced.
+SEQ_BLOCK = 100_000
+# Alarms, audit records and acks are evicted only beyond capacity x this factor.
+HARD_LIMIT_FACTOR = 1.25
+# Evict at least this fraction of the capacity at once, so a full outbox does not
+# run a DELETE on every append.
+EVICT_HEADROOM = 0.01
 
 
 class MsgClass(StrEnum):
@@ -44,6 +70,10 @@ class MsgClass(StrEnum):
 
 # Forwarding priority: alarms jump the queue, the rest goes in seq order.
 _FORWARD_PRIO = {MsgClass.ALARM: 0}
+# Eviction order: first these at capacity...
+_EVICT_SOFT = (MsgClass.TELEMETRY, MsgClass.EVENT)
+# ...then these, only past the hard limit.
+_EVICT_HARD = (MsgClass.ACK, MsgClass.AUDIT, MsgClass.ALARM)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +98,50 @@ class Pending:
     readings: int = 0
 
 
+@dataclass(slots=True)
+class Evictions:
+    """What one capacity enforcement removed: the content of an ``outbox.evicted`` Event."""
+
+    ranges: list[list[int]] = field(default_factory=list)  # [first, last] seq, inclusive
+    messages: dict[str, int] = field(default_factory=dict)  # per class
+    readings: int = 0
+    bytes: int = 0
+
+    def add(self, seq: int, cls: MsgClass, readings: int, size: int) -> None:
+        if self.ranges and self.ranges[-1][1] == seq - 1:
+            self.ranges[-1][1] = seq
+        else:
+            self.ranges.append([seq, seq])
+        self.messages[cls.value] = self.messages.get(cls.value, 0) + 1
+        self.readings += readings
+        self.bytes += size
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    """Why and where a damaged database was moved aside at start."""
+
+    error: str
+    moved_to: str
+    seq_from: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UncleanStop:
+    """The previous boot ended without closing the outbox (crash, kill, power cut)."""
+
+    boot: int
+    last_commit_ms: int
+
+
+# Builds the signed ``outbox.evicted`` Event for a seq; given by the agent, which
+# owns the message factory, so that the report is written atomically with the eviction.
+EvictionReporter = Callable[[int, Evictions], Pending]
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -83,25 +157,56 @@ CREATE TABLE IF NOT EXISTS records (
     payload  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_forward ON records (prio, seq);
+CREATE INDEX IF NOT EXISTS records_class ON records (cls, seq);
 """
 
 
 class Outbox:
     """The durable queue. Open it with :meth:`open`; one instance per process."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        path: Path,
+        clock: Clock,
+        *,
+        capacity_bytes: int,
+        state: dict[str, int],
+        recovery: Recovery | None,
+    ) -> None:
         self._db = db
         self.path = path
         self._clock = clock
+        self.capacity_bytes = capacity_bytes
+        self.hard_limit_bytes = int(capacity_bytes * HARD_LIMIT_FACTOR)
+        self.recovery = recovery
+        self.eviction_reporter: EvictionReporter | None = None
         self._inflight: set[int] = set()
         self._deletes_pending = 0
         self._available = asyncio.Event()
         self._emptied = asyncio.Event()
-        self.boot = self._meta("boot") + 1
+        self._lost_readings = 0
+        self._state_path = path.parent / STATE_FILE
+
+        previous_boot = self._meta("boot")
+        self.boot = max(previous_boot, state.get("boot", 0)) + 1
         self._next_seq = self._meta("next_seq")
-        self._db.execute("BEGIN IMMEDIATE")
+        if not previous_boot:
+            # A new (or replaced) database: continue above anything ever handed out.
+            self._next_seq = max(self._next_seq, state.get("seq_reserved", 0))
+        self.unclean: UncleanStop | None = None
+        if previous_boot and not self._meta("clean"):
+            self.unclean = UncleanStop(
+                boot=previous_boot, last_commit_ms=self._meta("last_commit_ms")
+            )
+        self._seq_reserved = max(self._meta("seq_reserved"), self._next_seq)
+        self._begin()
         self._set_meta("boot", self.boot)
+        self._set_meta("clean", 0)
+        self._set_meta("next_seq", self._next_seq)
+        self._reserve(self._next_seq, force=True)
         self._db.execute("COMMIT")
+
         self._depth: dict[MsgClass, int] = dict.fromkeys(MsgClass, 0)
         self._bytes = 0
         for cls, count, size in self._db.execute(
@@ -113,16 +218,24 @@ class Outbox:
             self._available.set()
 
     @classmethod
-    def open(cls, data_dir: Path, clock: Clock) -> Outbox:
-        """Open (or create) the outbox in ``data_dir`` and start a new boot."""
+    def open(cls, data_dir: Path, clock: Clock, *, capacity_bytes: int = 512 * 2**20) -> Outbox:
+        """Open (or create) the outbox in ``data_dir`` and start a new boot.
+
+        A damaged database is moved aside (see :attr:`recovery`), never fatal.
+        """
         data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / OUTBOX_FILE
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on the medium before append() returns (power-cut safety).
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        return cls(db, path, clock)
+        state = _read_state(data_dir / STATE_FILE)
+        recovery = None
+        try:
+            db = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            moved = _move_aside(path, clock)
+            seq_from = state.get("seq_reserved", 0)
+            recovery = Recovery(error=str(exc), moved_to=moved.name, seq_from=seq_from)
+            log.error("outbox %s unusable (%s): moved to %s", path, exc, moved.name)
+            db = _connect(path)
+        return cls(db, path, clock, capacity_bytes=capacity_bytes, state=state, recovery=recovery)
 
     # -- producers --------------------------------------------------------
 
@@ -145,40 +258,42 @@ class Outbox:
         if not items:
             return []
         t_ms = wall_ms(self._clock)
-        rows = []
-        seqs = []
         seq = self._next_seq
+        rows = []
         for item in items:
-            payload = item.build(seq)
-            rows.append(
-                (
-                    seq,
-                    _FORWARD_PRIO.get(item.cls, 1),
-                    item.cls.value,
-                    item.topic,
-                    t_ms,
-                    item.readings,
-                    payload,
-                )
-            )
-            seqs.append(seq)
+            rows.append(_row(seq, item, t_ms))
             seq += 1
-        if not self._db.in_transaction:
-            self._db.execute("BEGIN IMMEDIATE")
+        added = sum(len(row[-1]) for row in rows)
+        self._begin()
         try:
             self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            evictions = self._enforce_capacity(self._bytes + added)
+            if evictions and self.eviction_reporter is not None:
+                report = self.eviction_reporter(seq, evictions)
+                rows.append(_row(seq, report, t_ms))
+                self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows[-1])
+                seq += 1
             self._set_meta("next_seq", seq)
+            self._set_meta("last_commit_ms", t_ms)
+            self._reserve(seq)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._deletes_pending = 0
         self._next_seq = seq
-        for item, row in zip(items, rows, strict=True):
-            self._depth[item.cls] += 1
+        for row in rows:
+            self._depth[MsgClass(row[2])] += 1
             self._bytes += len(row[-1])
+        if evictions:
+            self._forget(evictions)
         self._available.set()
-        return seqs
+        return [row[0] for row in rows[: len(items)]]
+
+    def take_lost_readings(self) -> int:
+        """Readings evicted since the last call, for the next Telemetry ``lost`` field."""
+        lost, self._lost_readings = self._lost_readings, 0
+        return lost
 
     # -- the uplink -------------------------------------------------------
 
@@ -190,13 +305,18 @@ class Outbox:
             self._available.clear()
             await self._available.wait()
 
+    async def drained(self) -> None:
+        """Return once every stored record has been acknowledged."""
+        while self.depth:
+            self._emptied.clear()
+            await self._emptied.wait()
+
     def take(self, limit: int) -> list[Record]:
         """Up to ``limit`` records to publish next, alarms first, then by seq; now in flight."""
         if limit <= 0:
             return []
-        exclude = ",".join(str(s) for s in self._inflight) or "-1"
         # The in-flight set is a few dozen ints at most, so it is inlined.
-        where = f"WHERE seq NOT IN ({exclude})"
+        where = f"WHERE seq NOT IN ({','.join(map(str, self._inflight)) or '-1'})"
         rows = self._db.execute(
             "SELECT seq, cls, topic, payload, t_ms, readings FROM records "  # noqa: S608
             + where
@@ -210,12 +330,6 @@ class Outbox:
         self._inflight.update(r.seq for r in records)
         return records
 
-    async def drained(self) -> None:
-        """Return once every stored record has been acknowledged."""
-        while self.depth:
-            self._emptied.clear()
-            await self._emptied.wait()
-
     def release(self, seqs: Sequence[int]) -> None:
         """Give back records whose publish did not complete (link lost): they go again."""
         self._inflight.difference_update(seqs)
@@ -223,13 +337,14 @@ class Outbox:
             self._available.set()
 
     def done(self, record: Record) -> None:
-        """The broker acknowledged ``record``: forget it."""
+        """The broker acknowledged ``record``: forget it (unless evicted meanwhile)."""
         self._inflight.discard(record.seq)
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
-        self._db.execute("DELETE FROM records WHERE seq = ?", (record.seq,))
-        self._depth[record.cls] -= 1
-        self._bytes -= len(record.payload)
+        cursor = self._db.execute("DELETE FROM records WHERE seq = ?", (record.seq,))
+        if cursor.rowcount:
+            self._depth[record.cls] -= 1
+            self._bytes -= len(record.payload)
         self._deletes_pending += 1
         if not self.depth:
             self._emptied.set()
@@ -249,7 +364,7 @@ class Outbox:
         return sum(self._depth.values())
 
     def statistics(self) -> dict[str, object]:
-        """Depth per class, bytes used, oldest record age: for the console and the birth."""
+        """Depth per class, bytes used, oldest record age, evictions: for the console and logs."""
         row = self._db.execute("SELECT MIN(t_ms) FROM records").fetchone()
         oldest = None if row[0] is None else max(0, wall_ms(self._clock) - row[0]) / 1000
         return {
@@ -257,15 +372,87 @@ class Outbox:
             "last_seq": self.last_seq,
             "depth": {cls.value: n for cls, n in self._depth.items()},
             "bytes": self._bytes,
+            "capacity_bytes": self.capacity_bytes,
             "inflight": len(self._inflight),
             "oldest_age_s": oldest,
+            "evicted": {
+                "messages": {cls.value: self._meta(f"evicted.{cls.value}") for cls in MsgClass},
+                "readings": self._meta("evicted.readings"),
+            },
         }
 
     def close(self) -> None:
+        """Commit, mark the boot as cleanly ended, and close the file."""
         self.flush()
+        self._begin()
+        self._set_meta("clean", 1)
+        self._db.execute("COMMIT")
         self._db.close()
 
     # -- internals --------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def _enforce_capacity(self, total: int) -> Evictions:
+        evictions = Evictions()
+        if total <= self.capacity_bytes:
+            return evictions
+        target = self.capacity_bytes * (1 - EVICT_HEADROOM)
+        for classes, limit in ((_EVICT_SOFT, target), (_EVICT_HARD, self.hard_limit_bytes)):
+            for cls in classes:
+                if total <= limit:
+                    break
+                total -= self._evict_class(cls, total - limit, evictions)
+        if evictions:
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                [(f"evicted.{c}", n) for c, n in evictions.messages.items()]
+                + [("evicted.readings", evictions.readings)],
+            )
+        return evictions
+
+    def _evict_class(self, cls: MsgClass, need: float, evictions: Evictions) -> int:
+        freed = 0
+        inflight = ",".join(map(str, self._inflight)) or "-1"
+        cursor = self._db.execute(
+            "SELECT seq, readings, LENGTH(payload) FROM records "  # noqa: S608
+            f"WHERE cls = ? AND seq NOT IN ({inflight}) ORDER BY seq",
+            (cls.value,),
+        )
+        doomed = []
+        for seq, readings, size in cursor:
+            if freed >= need:
+                break
+            doomed.append((seq,))
+            evictions.add(seq, cls, readings, size)
+            freed += size
+        cursor.close()
+        self._db.executemany("DELETE FROM records WHERE seq = ?", doomed)
+        return freed
+
+    def _forget(self, evictions: Evictions) -> None:
+        # In-memory counters follow the committed eviction.
+        for cls, n in evictions.messages.items():
+            self._depth[MsgClass(cls)] -= n
+        self._bytes -= evictions.bytes
+        self._lost_readings += evictions.readings
+        log.warning(
+            "outbox full: evicted %s (%d readings, seq %s)",
+            evictions.messages,
+            evictions.readings,
+            evictions.ranges,
+        )
+
+    def _reserve(self, next_seq: int, *, force: bool = False) -> None:
+        # Keep the side file's ceiling above every seq this boot can hand out.
+        if next_seq < self._seq_reserved and not force:
+            return
+        self._seq_reserved = max(self._seq_reserved, next_seq) + SEQ_BLOCK
+        self._set_meta("seq_reserved", self._seq_reserved)
+        _write_state(self._state_path, {"boot": self.boot, "seq_reserved": self._seq_reserved})
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -277,3 +464,75 @@ class Outbox:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def _row(seq: int, item: Pending, t_ms: int) -> tuple[int, int, str, str, int, int, bytes]:
+    return (
+        seq,
+        _FORWARD_PRIO.get(item.cls, 1),
+        item.cls.value,
+        item.topic,
+        t_ms,
+        item.readings,
+        item.build(seq),
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on the medium before append() returns (power-cut safety).
+        db.execute("PRAGMA synchronous=FULL")
+        result = db.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            raise sqlite3.DatabaseError(
+                "integrity_check: " + "; ".join(str(r[0]) for r in result[:3])
+            )
+        db.executescript(_SCHEMA)
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
+def _move_aside(path: Path, clock: Clock) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock.wall()))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    path.replace(target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.replace(target.with_name(target.name + suffix))
+    return target
+
+
+def _read_state(path: Path) -> dict[str, int]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, int)}
+
+
+def _write_state(path: Path, state: dict[str, int]) -> None:
+    # Atomic and durable: write a temp file, fsync it, rename, fsync the folder.
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(state).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

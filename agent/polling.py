@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from enum import StrEnum
 
 from agent.clock import Clock, wall_ms
@@ -57,8 +58,10 @@ class DevicePoller:
         clock: Clock,
         polling: PollingConfig,
         rng: random.Random | None = None,
+        on_link_change: Callable[[str, LinkState], None] | None = None,
     ) -> None:
         self.device = device
+        self._on_link_change = on_link_change
         self._transport = transport
         self._points = points
         self._clock = clock
@@ -111,10 +114,13 @@ class DevicePoller:
         return response.values
 
     def _answered(self) -> None:
-        if self.state is not LinkState.ONLINE and self.misses >= self._polling.miss_limit:
-            log.warning("%s back", self.device.name)
+        failed = self.state is LinkState.COMM_FAIL
         self.misses = 0
         self.state = LinkState.ONLINE
+        if failed:
+            log.warning("%s back", self.device.name)
+            if self._on_link_change is not None:
+                self._on_link_change(self.device.name, LinkState.ONLINE)
 
     def _missed(self, exc: Exception) -> None:
         self.misses += 1
@@ -133,6 +139,9 @@ class DevicePoller:
                         t_ms=t_ms,
                     )
                 )
+            self.state = state
+            if self._on_link_change is not None:
+                self._on_link_change(self.device.name, state)
         self.state = state
 
     def next_interval(self) -> float:

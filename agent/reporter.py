@@ -104,6 +104,7 @@ class Reporter:
 
     def flush(self) -> int:
         """Append what is pending as Telemetry batches; returns the readings written."""
+        self.lost += self._outbox.take_lost_readings()
         if not self._pending and not self.lost:
             return 0
         readings, self._pending = self._pending, []

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from agent import __version__
 from agent.clock import Clock, SystemClock, wall_ms
 from agent.config import Config
 from agent.messages import MessageFactory, Severity, Topic, topic
-from agent.outbox import MsgClass, Outbox, Pending
+from agent.outbox import Evictions, MsgClass, Outbox, Pending
 from agent.points import Points
-from agent.polling import DevicePoller
+from agent.polling import DevicePoller, LinkState
 from agent.reporter import Reporter, ReportPolicy
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
@@ -57,9 +58,10 @@ class Agent:
                 f"{exc} (create the gateway identity with: armoire keys init --data {data_dir})"
             ) from exc
         try:
-            self.outbox = Outbox.open(data_dir, clock)
-        except OSError as exc:
+            self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
+        except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        self.outbox.eviction_reporter = self._evicted
         self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
         self.points = Points()
         specs = config.points()
@@ -95,6 +97,7 @@ class Agent:
                     points=self.points,
                     clock=clock,
                     polling=config.polling,
+                    on_link_change=self._on_link_change,
                 )
             )
         self.uplink = Uplink(
@@ -107,19 +110,101 @@ class Agent:
             agent_version=__version__,
         )
 
-    def event(self, cls: MsgClass, *, code: str, severity: Severity, state: str, **kw: Any) -> int:
-        """Append an Event durably and return its seq."""
-        kind = "event" if cls in (MsgClass.EVENT, MsgClass.TELEMETRY) else cls.value
+    def _event(
+        self,
+        cls: MsgClass,
+        *,
+        code: str,
+        severity: Severity,
+        state: str,
+        kind: str | None = None,
+        **kw: Any,
+    ) -> Pending:
+        """An Event to append; its wire ``kind`` follows its class unless given."""
+        if kind is None:
+            kind = cls.value if cls in (MsgClass.ALARM, MsgClass.AUDIT) else "event"
         t_ms = wall_ms(self.clock)
-        return self.outbox.append(
-            Pending(
-                cls=cls,
-                topic=topic(self.config.gateway, Topic.EVT),
-                build=lambda seq: self.factory.event(
-                    seq, t_ms=t_ms, kind=kind, code=code, severity=severity, state=state, **kw
-                ),
-            )
+        return Pending(
+            cls=cls,
+            topic=topic(self.config.gateway, Topic.EVT),
+            build=lambda seq: self.factory.event(
+                seq, t_ms=t_ms, kind=kind, code=code, severity=severity, state=state, **kw
+            ),
         )
+
+    def event(self, cls: MsgClass, *, code: str, severity: Severity, state: str, **kw: Any) -> int:
+        """Append an Event durably (committed when this returns) and return its seq."""
+        return self.outbox.append(self._event(cls, code=code, severity=severity, state=state, **kw))
+
+    def _evicted(self, seq: int, evictions: Evictions) -> Pending:
+        # Kept with the audit records: it explains the gap the central post will see.
+        return self._event(
+            MsgClass.AUDIT,
+            kind="event",
+            code="outbox.evicted",
+            severity=Severity.WARNING,
+            state="info",
+            msg=f"outbox full: {evictions.readings} readings evicted",
+            data={
+                "ranges": evictions.ranges,
+                "messages": evictions.messages,
+                "readings": evictions.readings,
+                "bytes": evictions.bytes,
+            },
+        )
+
+    def _on_link_change(self, device: str, state: LinkState) -> None:
+        if state is LinkState.COMM_FAIL:
+            self.event(
+                MsgClass.ALARM,
+                code="device.comm_fail",
+                severity=Severity.ERROR,
+                state="raised",
+                src=device,
+                msg=f"{device} does not answer",
+            )
+        elif state is LinkState.ONLINE:
+            self.event(
+                MsgClass.ALARM,
+                code="device.comm_fail",
+                severity=Severity.NOTICE,
+                state="cleared",
+                src=device,
+                msg=f"{device} answers again",
+            )
+
+    def _startup_events(self) -> None:
+        boot = self.outbox.boot
+        self.event(
+            MsgClass.EVENT,
+            code="agent.start",
+            severity=Severity.NOTICE,
+            state="info",
+            msg=f"armoire {__version__} boot {boot}",
+            data={"version": __version__, "boot": boot},
+        )
+        if self.outbox.unclean is not None:
+            prev = self.outbox.unclean
+            gap = max(0, wall_ms(self.clock) - prev.last_commit_ms) if prev.last_commit_ms else 0
+            # What a crash or power cut cost: readings taken after the last commit.
+            self.event(
+                MsgClass.EVENT,
+                code="agent.unclean_stop",
+                severity=Severity.WARNING,
+                state="info",
+                msg=f"boot {prev.boot} ended without a clean stop",
+                data={"boot": prev.boot, "last_commit": prev.last_commit_ms, "gap_ms": gap},
+            )
+        if self.outbox.recovery is not None:
+            rec = self.outbox.recovery
+            self.event(
+                MsgClass.ALARM,
+                code="outbox.corrupt",
+                severity=Severity.CRITICAL,
+                state="raised",
+                msg=f"outbox database unusable, moved to {rec.moved_to}; a new one was created",
+                data={"error": rec.error, "moved_to": rec.moved_to, "seq_from": rec.seq_from},
+            )
 
     def status(self) -> dict[str, Any]:
         return {
@@ -160,14 +245,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         await self._open_lines()
-        self.event(
-            MsgClass.EVENT,
-            code="agent.start",
-            severity=Severity.NOTICE,
-            state="info",
-            msg=f"armoire {__version__} boot {self.outbox.boot}",
-            data={"version": __version__, "boot": self.outbox.boot},
-        )
+        self._startup_events()
         try:
             async with asyncio.TaskGroup() as tg:
 

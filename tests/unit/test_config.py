@@ -148,7 +148,7 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
     assert config.uplink.session_expiry == 86400
     assert (config.uplink.reconnect_min, config.uplink.reconnect_max) == (1.0, 60.0)
     assert config.storage == StorageConfig(
-        data_dir=workdir / "data", batch_interval=1.0, batch_max=500, capacity_bytes=1024 * 2**20
+        data_dir=workdir / "data", batch_interval=1.0, batch_max=500, capacity_bytes=512 * 2**20
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.devices[0].poll == 1.0
@@ -361,7 +361,7 @@ CASES = [
     ),
     pytest.param(
         edit('data_dir = "data"', 'data_dir = "data"\ncapacity_mb = 0'),
-        "storage.capacity_mb: expected an integer 1..1000000, got 0",
+        "storage.capacity_mb: expected a number 0.01..1000000, got 0",
         id="capacity",
     ),
     pytest.param(
