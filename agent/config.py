@@ -280,7 +280,7 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
         batch_interval=sec.number("batch_interval", 0.05, 60, default=1.0),
         batch_max=sec.integer("batch_max", 1, 10_000, default=500),
         # Fractions of a MiB are allowed so tests can fill an outbox quickly.
-        capacity_bytes=int(sec.number("capacity_mb", 0.01, 1_000_000, default=512) * MIB),
+        capacity_bytes=int(sec.number("capacity_mb", 0.001, 1_000_000, default=512) * MIB),
     )
     sec.close()
     return storage

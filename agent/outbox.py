@@ -96,6 +96,7 @@ class Pending:
     topic: str
     build: Callable[[int], bytes]
     readings: int = 0
+    lost: int = 0  # the "lost" count this message carries (re-counted if it is evicted)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class Evictions:
     messages: dict[str, int] = field(default_factory=dict)  # per class
     readings: int = 0
     bytes: int = 0
+    carried_lost: int = 0  # "lost" counts inside evicted batches: they must be re-sent
 
     def add(self, seq: int, cls: MsgClass, readings: int, size: int) -> None:
         if self.ranges and self.ranges[-1][1] == seq - 1:
@@ -154,6 +156,7 @@ CREATE TABLE IF NOT EXISTS records (
     topic    TEXT    NOT NULL,
     t_ms     INTEGER NOT NULL,
     readings INTEGER NOT NULL,
+    lost     INTEGER NOT NULL,
     payload  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_forward ON records (prio, seq);
@@ -185,7 +188,6 @@ class Outbox:
         self._deletes_pending = 0
         self._available = asyncio.Event()
         self._emptied = asyncio.Event()
-        self._lost_readings = 0
         self._state_path = path.parent / STATE_FILE
 
         previous_boot = self._meta("boot")
@@ -266,12 +268,15 @@ class Outbox:
         added = sum(len(row[-1]) for row in rows)
         self._begin()
         try:
-            self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            reported = sum(item.lost for item in items)
+            if reported:
+                self._add_meta("lost_pending", -reported)
             evictions = self._enforce_capacity(self._bytes + added)
             if evictions and self.eviction_reporter is not None:
                 report = self.eviction_reporter(seq, evictions)
                 rows.append(_row(seq, report, t_ms))
-                self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows[-1])
+                self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows[-1])
                 seq += 1
             self._set_meta("next_seq", seq)
             self._set_meta("last_commit_ms", t_ms)
@@ -290,10 +295,14 @@ class Outbox:
         self._available.set()
         return [row[0] for row in rows[: len(items)]]
 
-    def take_lost_readings(self) -> int:
-        """Readings evicted since the last call, for the next Telemetry ``lost`` field."""
-        lost, self._lost_readings = self._lost_readings, 0
-        return lost
+    @property
+    def lost_pending(self) -> int:
+        """Readings evicted and not yet reported in a Telemetry ``lost`` field.
+
+        Persisted: appending a batch that carries ``lost=N`` takes N off in the same
+        transaction, so the count survives a crash and is never reported twice.
+        """
+        return self._meta("lost_pending")
 
     # -- the uplink -------------------------------------------------------
 
@@ -378,6 +387,7 @@ class Outbox:
             "evicted": {
                 "messages": {cls.value: self._meta(f"evicted.{cls.value}") for cls in MsgClass},
                 "readings": self._meta("evicted.readings"),
+                "lost_pending": self.lost_pending,
             },
         }
 
@@ -406,28 +416,27 @@ class Outbox:
                     break
                 total -= self._evict_class(cls, total - limit, evictions)
         if evictions:
-            self._db.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                [(f"evicted.{c}", n) for c, n in evictions.messages.items()]
-                + [("evicted.readings", evictions.readings)],
-            )
+            for c, n in evictions.messages.items():
+                self._add_meta(f"evicted.{c}", n)
+            self._add_meta("evicted.readings", evictions.readings)
+            self._add_meta("lost_pending", evictions.readings + evictions.carried_lost)
         return evictions
 
     def _evict_class(self, cls: MsgClass, need: float, evictions: Evictions) -> int:
         freed = 0
         inflight = ",".join(map(str, self._inflight)) or "-1"
         cursor = self._db.execute(
-            "SELECT seq, readings, LENGTH(payload) FROM records "  # noqa: S608
+            "SELECT seq, readings, lost, LENGTH(payload) FROM records "  # noqa: S608
             f"WHERE cls = ? AND seq NOT IN ({inflight}) ORDER BY seq",
             (cls.value,),
         )
         doomed = []
-        for seq, readings, size in cursor:
+        for seq, readings, lost, size in cursor:
             if freed >= need:
                 break
             doomed.append((seq,))
             evictions.add(seq, cls, readings, size)
+            evictions.carried_lost += lost
             freed += size
         cursor.close()
         self._db.executemany("DELETE FROM records WHERE seq = ?", doomed)
@@ -438,7 +447,6 @@ class Outbox:
         for cls, n in evictions.messages.items():
             self._depth[MsgClass(cls)] -= n
         self._bytes -= evictions.bytes
-        self._lost_readings += evictions.readings
         log.warning(
             "outbox full: evicted %s (%d readings, seq %s)",
             evictions.messages,
@@ -458,6 +466,13 @@ class Outbox:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def _add_meta(self, key: str, delta: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, delta),
+        )
+
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -466,7 +481,7 @@ class Outbox:
         )
 
 
-def _row(seq: int, item: Pending, t_ms: int) -> tuple[int, int, str, str, int, int, bytes]:
+def _row(seq: int, item: Pending, t_ms: int) -> tuple[int, int, str, str, int, int, int, bytes]:
     return (
         seq,
         _FORWARD_PRIO.get(item.cls, 1),
@@ -474,6 +489,7 @@ def _row(seq: int, item: Pending, t_ms: int) -> tuple[int, int, str, str, int, i
         item.topic,
         t_ms,
         item.readings,
+        item.lost,
         item.build(seq),
     )
 

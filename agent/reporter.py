@@ -74,7 +74,6 @@ class Reporter:
         self._reported: dict[str, _Reported] = {}
         self._pending: list[Reading] = []
         self._points = points
-        self.lost = 0  # readings lost since the last batch, reported in "lost"
         self.readings_sent = 0
         self.batches_sent = 0
         self._unsubscribe = points.subscribe(self._observe)
@@ -104,14 +103,13 @@ class Reporter:
 
     def flush(self) -> int:
         """Append what is pending as Telemetry batches; returns the readings written."""
-        self.lost += self._outbox.take_lost_readings()
-        if not self._pending and not self.lost:
+        lost = self._outbox.lost_pending
+        if not self._pending and not lost:
             return 0
         readings, self._pending = self._pending, []
         chunks = [
             readings[i : i + self._batch_max] for i in range(0, len(readings), self._batch_max)
         ] or [[]]
-        lost, self.lost = self.lost, 0
         items = []
         for i, chunk in enumerate(chunks):
             chunk_lost = lost if i == 0 else 0
@@ -123,6 +121,7 @@ class Reporter:
                         self._factory.telemetry, readings=chunk, lost=chunk_lost
                     ),
                     readings=len(chunk),
+                    lost=chunk_lost,
                 )
             )
         self._outbox.append_many(items)

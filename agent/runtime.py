@@ -269,11 +269,13 @@ class Agent:
             self.outbox.close()
 
     async def _drain(self) -> None:
-        # Give what is queued a bounded chance to leave before the process goes.
-        if not self.uplink.online.is_set():
+        # Give what is queued a bounded chance to leave before the process goes,
+        # including the case where the link is just coming back.
+        if not self.outbox.depth:
             return
         try:
             async with asyncio.timeout(DRAIN_ON_EXIT):
+                await self.uplink.online.wait()
                 await self.outbox.drained()
         except TimeoutError:
             log.warning("%d records left in the outbox for the next start", self.outbox.depth)

@@ -35,6 +35,13 @@ WINDOW = 32
 # Backoff jitter fraction: thousands of cabinets must not reconnect in step.
 JITTER = 0.3
 
+# Shortest wait for a CONNACK, SUBACK or PUBACK, seconds (slow cellular links).
+MIN_OPERATION_TIMEOUT = 5.0
+
+# aiomqtt warns on every publish beyond 10 pending; our window is deliberate.
+_mqtt_log = logging.getLogger("agent.uplink.mqtt")
+_mqtt_log.setLevel(logging.ERROR)
+
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -105,7 +112,9 @@ class Uplink:
             keepalive=cfg.keepalive,
             will=aiomqtt.Will(topic(self.gw, Topic.STATE), payload=death, qos=1, retain=True),
             tls_context=tls_context,
-            timeout=max(10.0, cfg.keepalive * 1.5),
+            # Bounds connect/subscribe/PUBACK waits; a dead link is noticed by keepalive.
+            timeout=max(MIN_OPERATION_TIMEOUT, float(cfg.keepalive)),
+            logger=_mqtt_log,
         )
 
     async def run(self) -> None:

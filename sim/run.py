@@ -66,7 +66,13 @@ def ensure_keys(data: Path) -> None:
     )
 
 
-def agent_config(cabinet: Cabinet, broker_url: str, *, gateway: str = GATEWAY_ID) -> str:
+def agent_config(
+    cabinet: Cabinet,
+    broker_url: str,
+    *,
+    gateway: str = GATEWAY_ID,
+    capacity_mb: float | None = None,
+) -> str:
     """The gateway configuration for this cabinet, as TOML text."""
     lines = [
         "# Written by `armoire sim`: the configuration of the simulated gateway.",
@@ -91,6 +97,7 @@ def agent_config(cabinet: Cabinet, broker_url: str, *, gateway: str = GATEWAY_ID
         "[storage]",
         'data_dir = "."',
         "batch_interval = 1.0",
+        *([f"capacity_mb = {capacity_mb}"] if capacity_mb is not None else []),
         "",
         "[polling]",
         "response_timeout = 0.2",

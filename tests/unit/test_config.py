@@ -361,7 +361,7 @@ CASES = [
     ),
     pytest.param(
         edit('data_dir = "data"', 'data_dir = "data"\ncapacity_mb = 0'),
-        "storage.capacity_mb: expected a number 0.01..1000000, got 0",
+        "storage.capacity_mb: expected a number 0.001..1000000, got 0",
         id="capacity",
     ),
     pytest.param(

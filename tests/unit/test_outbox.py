@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.clock import FakeClock
-from agent.outbox import OUTBOX_FILE, MsgClass, Outbox, Pending
+from agent.outbox import (
+    HARD_LIMIT_FACTOR,
+    OUTBOX_FILE,
+    SEQ_BLOCK,
+    STATE_FILE,
+    Evictions,
+    MsgClass,
+    Outbox,
+    Pending,
+)
 
 
 def _item(cls: MsgClass = MsgClass.TELEMETRY, readings: int = 1) -> Pending:
@@ -116,3 +127,189 @@ def test_outbox__statistics_bytes_and_age(tmp_path: Path, readings: int) -> None
     stats = box.statistics()
     assert stats["bytes"] == len(f"{MsgClass.TELEMETRY}:0".encode())
     assert stats["oldest_age_s"] == 0
+
+
+def _sized(cls: MsgClass, size: int, readings: int = 0) -> Pending:
+    return Pending(cls=cls, topic="t", build=lambda seq: bytes(size), readings=readings)
+
+
+def _report(seq: int, ev: Evictions) -> Pending:
+    return Pending(cls=MsgClass.AUDIT, topic="evt", build=lambda s: json.dumps(ev.ranges).encode())
+
+
+def test_outbox__evicts_telemetry_before_events_and_keeps_alarms(tmp_path: Path) -> None:
+    """A long outage would push out the door alarm instead of routine readings."""
+    box = Outbox.open(tmp_path, FakeClock(), capacity_bytes=10_000)
+    reports: list[Evictions] = []
+
+    def report(seq: int, ev: Evictions) -> Pending:
+        reports.append(ev)
+        return _report(seq, ev)
+
+    box.eviction_reporter = report
+    alarm = box.append(_sized(MsgClass.ALARM, 1000))
+    audit = box.append(_sized(MsgClass.AUDIT, 1000))
+    ack = box.append(_sized(MsgClass.ACK, 1000))
+    event = box.append(_sized(MsgClass.EVENT, 1000))
+    tele = [box.append(_sized(MsgClass.TELEMETRY, 1000, readings=50)) for _ in range(6)]
+    assert box.statistics()["bytes"] == 10_000
+    assert not reports
+    # One more telemetry message: the oldest telemetry goes, nothing else.
+    box.append(_sized(MsgClass.TELEMETRY, 1000, readings=50))
+    assert reports[0].ranges == [[tele[0], tele[1]]]  # down to 99 % of capacity: two go
+    assert reports[0].messages == {"telemetry": 2}
+    assert reports[0].readings == 100
+    assert box.lost_pending == 100
+    # A telemetry batch that reports them takes them off, in the same transaction.
+    box.append(Pending(cls=MsgClass.TELEMETRY, topic="t", build=lambda s: b"x", lost=100))
+    assert box.lost_pending == 0
+    # Fill with events: once telemetry is gone, the oldest events go; alarm/audit/ack stay.
+    for _ in range(12):
+        box.append(_sized(MsgClass.EVENT, 1000))
+    kept = {r.seq for r in box.take(1000)}
+    assert {alarm, audit, ack} <= kept
+    assert event not in kept
+    assert not kept & set(tele)
+    stats = box.statistics()
+    assert stats["evicted"]["messages"]["alarm"] == 0
+    assert stats["evicted"]["messages"]["telemetry"] == 8  # incl. the small one above
+    assert stats["bytes"] <= 10_000 * HARD_LIMIT_FACTOR
+
+
+def test_outbox__alarms_evicted_only_past_hard_limit(tmp_path: Path) -> None:
+    """A gateway would fill its flash and stop, or drop alarms while there is still room."""
+    box = Outbox.open(tmp_path, FakeClock(), capacity_bytes=10_000)
+    box.eviction_reporter = _report
+    seqs = [box.append(_sized(MsgClass.ALARM, 1000)) for _ in range(12)]
+    assert box.statistics()["evicted"]["messages"]["alarm"] == 0  # 12 000 <= 12 500
+    seqs.append(box.append(_sized(MsgClass.ALARM, 1000)))
+    stats = box.statistics()
+    assert stats["evicted"]["messages"]["alarm"] == 1
+    assert stats["bytes"] <= 10_000 * HARD_LIMIT_FACTOR
+    remaining = [r.seq for r in box.take(100) if r.cls is MsgClass.ALARM]
+    assert seqs[0] not in remaining
+    assert seqs[-1] in remaining
+
+
+def test_outbox__eviction_report_is_durable_with_the_eviction(tmp_path: Path) -> None:
+    """After a crash the central post would see a gap that nothing explains."""
+    box = Outbox.open(tmp_path, FakeClock(), capacity_bytes=3000)
+    box.eviction_reporter = _report
+    for _ in range(4):
+        box.append(_sized(MsgClass.TELEMETRY, 1000, readings=10))
+    # Simulate a crash: no close(), reopen the file.
+    box2 = Outbox.open(tmp_path, FakeClock(), capacity_bytes=3000)
+    records = box2.take(100)
+    reports = [r for r in records if r.cls is MsgClass.AUDIT]
+    assert reports, "the outbox.evicted report must be stored with the eviction"
+    assert json.loads(reports[0].payload) == [[0, 1]]
+
+
+def test_outbox__in_flight_records_are_not_evicted(tmp_path: Path) -> None:
+    """A record being published would vanish under the uplink, and its PUBACK misaccounted."""
+    box = Outbox.open(tmp_path, FakeClock(), capacity_bytes=3000)
+    box.eviction_reporter = _report
+    first = box.append(_sized(MsgClass.TELEMETRY, 1000))
+    (taken,) = box.take(1)
+    assert taken.seq == first
+    for _ in range(3):
+        box.append(_sized(MsgClass.TELEMETRY, 1000))
+    box.done(taken)
+    assert box.statistics()["bytes"] == sum(len(r.payload) for r in box.take(100))
+
+
+def test_outbox__unclean_stop_detected(tmp_path: Path) -> None:
+    """A crash or power cut would go unreported, hiding the readings it cost."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    box.append(_item())
+    box.close()
+    box = Outbox.open(tmp_path, clock)
+    assert box.unclean is None
+    box.append(_item())
+    t_commit = int(clock.wall() * 1000)
+    # No close(): the process died.
+    box = Outbox.open(tmp_path, clock)
+    assert box.unclean is not None
+    assert box.unclean.boot == 2
+    assert box.unclean.last_commit_ms == t_commit
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: p.write_bytes(b"\x00garbage" * 500), id="garbage"),
+        pytest.param(lambda p: p.write_bytes(p.read_bytes()[:1000]), id="truncated"),
+        pytest.param(
+            lambda p: p.write_bytes(p.read_bytes()[:100] + b"\xff" * 200 + p.read_bytes()[300:]),
+            id="header-overwritten",
+        ),
+    ],
+)
+def test_outbox__corrupt_database_moved_aside_and_numbering_continues(
+    tmp_path: Path, damage: Any
+) -> None:
+    """A damaged flash file would stop the agent, or restart seq where the central post has
+    already seen it."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    for _ in range(50):
+        box.append(_item())
+    last = box.last_seq
+    box.close()
+    db = tmp_path / OUTBOX_FILE
+    damage(db)
+    box = Outbox.open(tmp_path, clock)
+    assert box.recovery is not None
+    moved = tmp_path / box.recovery.moved_to
+    assert moved.exists()
+    assert moved.name.startswith("outbox.sqlite.corrupt-")
+    assert box.boot == 2  # from the side file: boots keep counting
+    seq = box.append(_item())
+    assert seq > last
+    assert seq >= box.recovery.seq_from
+    check = sqlite3.connect(db).execute("PRAGMA integrity_check").fetchall()
+    assert check == [("ok",)]
+
+
+def test_outbox__deleted_database_does_not_reuse_seq(tmp_path: Path) -> None:
+    """A technician deleting the outbox would make the central post drop new data as duplicates."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    seqs = [box.append(_item()) for _ in range(5)]
+    box.close()
+    (tmp_path / OUTBOX_FILE).unlink()
+    box = Outbox.open(tmp_path, clock)
+    assert box.boot == 2
+    assert box.append(_item()) > seqs[-1]
+
+
+def test_outbox__seq_stays_below_reserved_ceiling(tmp_path: Path) -> None:
+    """The side file's ceiling would lag behind, and a replaced database would reuse numbers."""
+    box = Outbox.open(tmp_path, FakeClock())
+    for _ in range(3):
+        box.append_many([_item() for _ in range(SEQ_BLOCK // 2)])
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert state["seq_reserved"] > box.last_seq
+
+
+def test_outbox__lost_count_survives_restart_and_evicted_carriers(tmp_path: Path) -> None:
+    """Evicted readings would go unreported after a restart, or when the very batch that
+    reported them is evicted in turn."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock, capacity_bytes=3000)
+    box.eviction_reporter = _report
+    for _ in range(4):
+        box.append(_sized(MsgClass.TELEMETRY, 1000, readings=10))
+    assert box.lost_pending == 20
+    box.close()
+    box = Outbox.open(tmp_path, clock, capacity_bytes=3000)
+    box.eviction_reporter = _report
+    assert box.lost_pending == 20
+    # The batch carrying lost=20 is itself evicted later: its count comes back.
+    box.append(Pending(cls=MsgClass.TELEMETRY, topic="t", build=lambda s: bytes(1000), lost=20))
+    assert box.lost_pending == 10  # evicted 10 readings to make room, 20 reported
+    for _ in range(3):
+        box.append(_sized(MsgClass.TELEMETRY, 1000, readings=0))
+    # Then: the last batch of 10 readings (+10), the carrier with lost=20 (+20), an empty one.
+    assert box.lost_pending == 40

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import FakeClock, wall_ms
@@ -118,12 +117,17 @@ def test_reporter__unknown_points_ignored(tmp_path: Path) -> None:
     assert rig.reporter.flush() == 0
 
 
-@pytest.mark.parametrize("lost", [0, 7])
-def test_reporter__lost_count_in_next_batch(tmp_path: Path, lost: int) -> None:
-    """Lost readings would go unreported, hiding a gap from the control room."""
+def test_reporter__evicted_readings_reported_once_in_next_batch(tmp_path: Path) -> None:
+    """Readings evicted from a full outbox would vanish without the control room knowing."""
     rig = Rig(tmp_path)
-    rig.reporter.lost = lost
+    rig.outbox.capacity_bytes = 1  # everything not in flight is evicted at once
+    rig.outbox.eviction_reporter = None
     rig.set("lamp-01/power", 1.0)
+    rig.reporter.flush()  # this batch (1 reading) is evicted as it is stored
+    assert rig.outbox.lost_pending == 1
+    rig.outbox.capacity_bytes = 10**9
+    rig.set("lamp-01/power", 5.0)
     rig.reporter.flush()
-    (body,) = rig.bodies()
-    assert body.get("lost", 0) == lost
+    bodies = rig.bodies()
+    assert [b.get("lost", 0) for b in bodies] == [1]
+    assert rig.outbox.lost_pending == 0
