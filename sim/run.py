@@ -21,11 +21,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
 from sim.central import CentralPost, Reading, load_public_pem
+from sim.controls import HELP, Controls
+from sim.proxy import LinkProxy
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
@@ -156,8 +159,10 @@ class AgentProcess:
 class View:
     """The live terminal view (a full-screen table on a TTY, a status line otherwise)."""
 
-    def __init__(self, out: TextIO, *, gw: str, broker: str) -> None:
+    def __init__(self, out: TextIO, *, gw: str, broker: str, data: Path) -> None:
         self.out = out
+        self.data = data
+        self.controls: Controls | None = None
         self.gw = gw
         self.broker = broker
         self.tty = out.isatty()
@@ -172,19 +177,26 @@ class View:
             self.rate = (readings - n0) / (now - t0)
             self._last = (now, readings)
 
-    def render(self, central: CentralPost, agent: AgentProcess | None, cabinet: Cabinet) -> None:
+    def render(
+        self, central: CentralPost, agent: AgentProcess | None, cabinet: Cabinet, link: LinkProxy
+    ) -> None:
         stats = central.stats()
         self.sample_rate(stats["readings"])
         up = int(time.monotonic() - self.started)
         state = central.state.get(self.gw)
-        link = "unknown"
+        link_state = "unknown"
         if state is not None:
-            link = "ONLINE" if state.get("online") else "OFFLINE (death received)"
+            link_state = "ONLINE" if state.get("online") else "OFFLINE (death received)"
         agent_state = "external" if agent is None else ("running" if agent.running else "stopped")
+        status = _agent_status(self.data) or {}
+        outbox = status.get("outbox", {})
+        queued = sum(outbox.get("depth", {}).values())
+        evicted = outbox.get("evicted", {}).get("readings", 0)
         if not self.tty:
             if up % 10 == 0:
                 print(
-                    f"[{up:5d}s] link {link}, agent {agent_state}, verified {stats['verified']}, "
+                    f"[{up:5d}s] gateway {link_state}, agent {agent_state}, outbox {queued}, "
+                    f"verified {stats['verified']}, "
                     f"rejected {stats['rejected']}, readings {stats['readings']} "
                     f"({self.rate:.1f}/s)",
                     file=self.out,
@@ -194,14 +206,16 @@ class View:
         lines = [
             f"Armoire simulator — gateway {self.gw} — broker {self.broker} — up "
             f"{up // 3600:02d}:{up // 60 % 60:02d}:{up % 60:02d}",
-            f"link {link}   agent {agent_state}",
+            f"gateway {link_state}   uplink {link.state.value}   agent {agent_state}   "
+            f"outbox {queued} messages queued, {evicted} readings evicted",
             f"central post: verified {stats['verified']}  rejected {stats['rejected']}  "
             f"duplicates {stats['duplicates']}  readings {stats['readings']} "
             f"({self.rate:.1f}/s)  points {stats['points']}",
             "",
             *self._device_lines(central, cabinet),
             "",
-            "Ctrl-C to stop.",
+            HELP if self.controls is not None and sys.stdin.isatty() else "Ctrl-C to stop.",
+            self.controls.last if self.controls is not None else "",
         ]
         self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         self.out.flush()
@@ -241,11 +255,15 @@ async def _sim(options: SimOptions) -> dict[str, int]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
+        broker: Mosquitto | None = None
         if options.broker:
             broker_url = options.broker
         else:
             broker = await stack.enter_async_context(Mosquitto(data_dir=data / "broker"))
             broker_url = broker.url
+        # The agent reaches the broker through a proxy that models the cellular link.
+        host, port = _host_port(broker_url)
+        link = await stack.enter_async_context(LinkProxy(host, port))
         cabinet = await stack.enter_async_context(
             Cabinet(
                 Scenario(lamps=options.lamps, seed=options.seed),
@@ -256,7 +274,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         )
         ensure_keys(data)
         config = data / "agent.toml"
-        config.write_text(agent_config(cabinet, broker_url))
+        config.write_text(agent_config(cabinet, link.url))
         central = await stack.enter_async_context(
             CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
         )
@@ -270,18 +288,22 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                 file=sys.stderr,
                 flush=True,
             )
-        view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url)
+        view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
+        controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=stop.set)
+        view.controls = controls
         async with asyncio.TaskGroup() as tg:
             model = tg.create_task(cabinet.run(), name="sim.cabinet")
             try:
                 async with asyncio.timeout(options.duration):
-                    while not stop.is_set():
-                        view.render(central, agent, cabinet)
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(1.0):
-                                await stop.wait()
+                    with controls.attached():
+                        while not stop.is_set():
+                            view.render(central, agent, cabinet, link)
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(1.0):
+                                    await stop.wait()
             except TimeoutError:
                 pass
+            await link.restore()  # let the agent drain what it holds before it stops
             if agent is not None:
                 await agent.stop()
             # Let the last messages the agent drained on exit reach the central post.
@@ -321,3 +343,10 @@ def run_sim(options: SimOptions) -> int:
     result = asyncio.run(_sim(options))
     print(json.dumps(result), flush=True)
     return 0
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("mqtt", "") or not parsed.hostname:
+        raise SystemExit(f"armoire sim: --broker must be mqtt://HOST[:PORT], got {url!r}")
+    return parsed.hostname, parsed.port or 1883

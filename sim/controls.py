@@ -1,0 +1,108 @@
+"""Single-key controls of the simulator's live view (a TTY only).
+
+Keys act on the simulated world, never on the agent: cut, stall or restore
+the cabinet's uplink, restart the broker, switch a device off and on, fail or
+repair a lamp. What each key did is shown on the view's last line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import termios
+import tty
+from collections.abc import Awaitable, Callable, Iterator
+
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet
+from sim.proxy import LinkProxy
+
+HELP = (
+    "keys: c cut link · s stall link · r restore link · b restart broker · "
+    "1-9 device off/on · f fail/repair lamp-01 · q quit"
+)
+
+
+class Controls:
+    """Reads keys from stdin in cbreak mode and runs the matching action."""
+
+    def __init__(
+        self,
+        *,
+        cabinet: Cabinet,
+        link: LinkProxy,
+        broker: Mosquitto | None,
+        quit: Callable[[], None],
+    ) -> None:
+        self.cabinet = cabinet
+        self.link = link
+        self.broker = broker
+        self._quit = quit
+        self.last = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Listen to the keyboard while inside the block (no-op when stdin is not a TTY)."""
+        if not sys.stdin.isatty():
+            yield
+            return
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._on_key, fd)
+        try:
+            yield
+        finally:
+            loop.remove_reader(fd)
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    def _on_key(self, fd: int) -> None:
+        for key in os.read(fd, 32).decode(errors="ignore"):
+            self.handle(key)
+
+    def handle(self, key: str) -> None:
+        """Run the action bound to ``key`` (also used by tests)."""
+        devices = list(self.cabinet.devices)
+        match key:
+            case "c":
+                self._spawn("uplink cut", self.link.cut())
+            case "s":
+                self._spawn("uplink stalled", self.link.stall())
+            case "r":
+                self._spawn("uplink restored", self.link.restore())
+            case "b" if self.broker is not None:
+                self._spawn("broker restarted", self.broker.restart())
+            case "f":
+                lamp = self.cabinet.lamp(devices[0])
+                if lamp.failed:
+                    self.cabinet.repair_lamp(devices[0])
+                    self.last = f"{devices[0]} repaired"
+                else:
+                    self.cabinet.fail_lamp(devices[0])
+                    self.last = f"{devices[0]} lamp failed"
+            case "q":
+                self._quit()
+            case digit if digit.isdigit() and 0 < int(digit) <= len(devices):
+                name = devices[int(digit) - 1]
+                device = self.cabinet.devices[name]
+                if device.powered:
+                    self.cabinet.power_off(name)
+                    self.last = f"{name} switched off"
+                else:
+                    self.cabinet.power_on(name)
+                    self.last = f"{name} switched on"
+            case _:
+                pass
+
+    def _spawn(self, done: str, action: Awaitable[None]) -> None:
+        async def run() -> None:
+            await action
+            self.last = done
+
+        task = asyncio.create_task(run(), name=f"sim.key[{done}]")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
