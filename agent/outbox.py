@@ -160,7 +160,6 @@ CREATE TABLE IF NOT EXISTS records (
     payload  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_forward ON records (prio, seq);
-CREATE INDEX IF NOT EXISTS records_class ON records (cls, seq);
 """
 
 

@@ -30,17 +30,20 @@ from agent.outbox import Outbox, Record
 log = logging.getLogger(__name__)
 
 # In-flight QoS 1 publishes: enough to keep a loopback or LTE link busy while
-# bounding how much is resent after a disconnect.
-WINDOW = 32
+# bounding how much is resent after a disconnect. 20 is also mosquitto's default
+# Receive Maximum and paho's default in-flight cap, so a larger window would not
+# put more on the wire (bench/outbox.py: a window of 8 drains as fast on loopback).
+WINDOW = 20
 # Backoff jitter fraction: thousands of cabinets must not reconnect in step.
 JITTER = 0.3
 
 # Shortest wait for a CONNACK, SUBACK or PUBACK, seconds (slow cellular links).
 MIN_OPERATION_TIMEOUT = 5.0
 
-# aiomqtt warns on every publish beyond 10 pending; our window is deliberate.
+# paho's own messages ("failed to receive on socket") under our name; the uplink
+# logs the link state itself, once per transition.
 _mqtt_log = logging.getLogger("agent.uplink.mqtt")
-_mqtt_log.setLevel(logging.ERROR)
+_mqtt_log.setLevel(logging.CRITICAL)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
@@ -102,7 +105,7 @@ class Uplink:
                 tls_context.load_cert_chain(
                     str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None
                 )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             identifier=self.gw,
@@ -115,7 +118,11 @@ class Uplink:
             # Bounds connect/subscribe/PUBACK waits; a dead link is noticed by keepalive.
             timeout=max(MIN_OPERATION_TIMEOUT, float(cfg.keepalive)),
             logger=_mqtt_log,
+            max_inflight_messages=self._window,
         )
+        # aiomqtt warns beyond this many pending publishes; our window is deliberate.
+        client.pending_calls_threshold = self._window
+        return client
 
     async def run(self) -> None:
         backoff = self._config.reconnect_min
@@ -188,8 +195,6 @@ class Uplink:
             self._outbox.done(record)
             self.published += 1
             self.published_readings += record.readings
-            if not self._outbox.depth:
-                self._outbox.flush()
 
         async with asyncio.TaskGroup() as tg:
             while True:
