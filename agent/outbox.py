@@ -160,6 +160,17 @@ CREATE TABLE IF NOT EXISTS records (
     payload  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_forward ON records (prio, seq);
+-- Boots that ended without a clean stop and are not yet reported (see report_unclean).
+CREATE TABLE IF NOT EXISTS unclean (
+    boot        INTEGER PRIMARY KEY,
+    last_commit INTEGER NOT NULL
+);
+-- Alarms raised and not yet cleared, so a restart neither repeats nor forgets them.
+CREATE TABLE IF NOT EXISTS active_alarms (
+    code TEXT NOT NULL,
+    src  TEXT NOT NULL,
+    PRIMARY KEY (code, src)
+);
 """
 
 
@@ -195,13 +206,14 @@ class Outbox:
         if not previous_boot:
             # A new (or replaced) database: continue above anything ever handed out.
             self._next_seq = max(self._next_seq, state.get("seq_reserved", 0))
-        self.unclean: UncleanStop | None = None
-        if previous_boot and not self._meta("clean"):
-            self.unclean = UncleanStop(
-                boot=previous_boot, last_commit_ms=self._meta("last_commit_ms")
-            )
         self._seq_reserved = max(self._meta("seq_reserved"), self._next_seq)
         self._begin()
+        if previous_boot and not self._meta("clean"):
+            # Kept until reported, in case this boot dies before it reports it.
+            self._db.execute(
+                "INSERT OR IGNORE INTO unclean VALUES (?, ?)",
+                (previous_boot, self._meta("last_commit_ms")),
+            )
         self._set_meta("boot", self.boot)
         self._set_meta("clean", 0)
         self._set_meta("next_seq", self._next_seq)
@@ -254,8 +266,13 @@ class Outbox:
         """Store one message durably and return its ``seq``."""
         return self.append_many([item])[0]
 
-    def append_many(self, items: Sequence[Pending]) -> list[int]:
-        """Store several messages in one transaction; returns their seqs in order."""
+    def append_many(
+        self, items: Sequence[Pending], *, also: Sequence[tuple[str, tuple[object, ...]]] = ()
+    ) -> list[int]:
+        """Store several messages in one transaction; returns their seqs in order.
+
+        ``also``: statements of this module's own state tables, applied atomically.
+        """
         if not items:
             return []
         t_ms = wall_ms(self._clock)
@@ -268,6 +285,8 @@ class Outbox:
         self._begin()
         try:
             self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            for sql, params in also:
+                self._db.execute(sql, params)
             reported = sum(item.lost for item in items)
             if reported:
                 self._add_meta("lost_pending", -reported)
@@ -293,6 +312,40 @@ class Outbox:
             self._forget(evictions)
         self._available.set()
         return [row[0] for row in rows[: len(items)]]
+
+    @property
+    def unclean(self) -> list[UncleanStop]:
+        """Earlier boots that ended without a clean stop and are not reported yet."""
+        return [
+            UncleanStop(boot=b, last_commit_ms=t)
+            for b, t in self._db.execute("SELECT boot, last_commit FROM unclean ORDER BY boot")
+        ]
+
+    def report_unclean(self, make: Callable[[UncleanStop], Pending]) -> list[int]:
+        """Append one report per unreported unclean stop, forgetting them atomically."""
+        pending = self.unclean
+        return self.append_many(
+            [make(u) for u in pending],
+            also=[("DELETE FROM unclean WHERE boot = ?", (u.boot,)) for u in pending],
+        )
+
+    @property
+    def active_alarms(self) -> set[tuple[str, str]]:
+        """(code, src) of every alarm raised and not cleared, across restarts."""
+        return {(c, s) for c, s in self._db.execute("SELECT code, src FROM active_alarms")}
+
+    def raise_alarm(self, item: Pending, *, code: str, src: str) -> int:
+        """Append an alarm and remember it as active, in one transaction."""
+        return self.append_many(
+            [item], also=[("INSERT OR IGNORE INTO active_alarms VALUES (?, ?)", (code, src))]
+        )[0]
+
+    def clear_alarm(self, item: Pending, *, code: str, src: str) -> int:
+        """Append an alarm's clearing and forget it as active, in one transaction."""
+        return self.append_many(
+            [item],
+            also=[("DELETE FROM active_alarms WHERE code = ? AND src = ?", (code, src))],
+        )[0]
 
     @property
     def lost_pending(self) -> int:

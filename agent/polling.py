@@ -59,6 +59,7 @@ class DevicePoller:
         polling: PollingConfig,
         rng: random.Random | None = None,
         on_link_change: Callable[[str, LinkState], None] | None = None,
+        assume_failed: bool = False,
     ) -> None:
         self.device = device
         self._on_link_change = on_link_change
@@ -68,8 +69,11 @@ class DevicePoller:
         self._polling = polling
         self._rng = rng or random.Random()
         self._blocks = plan_reads(device.profile.points)
-        self.misses = 0
-        self.state = LinkState.ONLINE
+        # A device whose comm_fail alarm is still active (from before a restart)
+        # starts failed: answering clears the alarm, silence does not raise it again.
+        self.misses = polling.miss_limit if assume_failed else 0
+        self.state = link_state(self.misses, polling.miss_limit)
+        self._points_failed = False
         self.polls = 0
         self.failures = 0
 
@@ -117,6 +121,7 @@ class DevicePoller:
         failed = self.state is LinkState.COMM_FAIL
         self.misses = 0
         self.state = LinkState.ONLINE
+        self._points_failed = False
         if failed:
             log.warning("%s back", self.device.name)
             if self._on_link_change is not None:
@@ -125,8 +130,8 @@ class DevicePoller:
     def _missed(self, exc: Exception) -> None:
         self.misses += 1
         state = link_state(self.misses, self._polling.miss_limit)
-        if state is LinkState.COMM_FAIL and self.state is not LinkState.COMM_FAIL:
-            log.warning("%s unreachable (%s)", self.device.name, exc)
+        if state is LinkState.COMM_FAIL and not self._points_failed:
+            self._points_failed = True
             t_ms = wall_ms(self._clock)
             for spec in self.device.profile.points:
                 name = self._name(spec)
@@ -139,10 +144,12 @@ class DevicePoller:
                         t_ms=t_ms,
                     )
                 )
-            self.state = state
+        changed = state is not self.state
+        self.state = state
+        if changed and state is LinkState.COMM_FAIL:
+            log.warning("%s unreachable (%s)", self.device.name, exc)
             if self._on_link_change is not None:
                 self._on_link_change(self.device.name, state)
-        self.state = state
 
     def next_interval(self) -> float:
         """Seconds to the next poll: the period, or a jittered backoff while failed."""

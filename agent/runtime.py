@@ -78,6 +78,8 @@ class Agent:
             batch_max=config.storage.batch_max,
         )
         self.transports: dict[str, RtuTransport] = {}
+        # Devices whose comm_fail alarm is still active from an earlier boot.
+        failed = self.outbox.active_alarms
         self.pollers: list[DevicePoller] = []
         for device in config.devices:
             port = device.line
@@ -98,6 +100,7 @@ class Agent:
                     clock=clock,
                     polling=config.polling,
                     on_link_change=self._on_link_change,
+                    assume_failed=("device.comm_fail", device.name) in failed,
                 )
             )
         self.uplink = Uplink(
@@ -154,24 +157,27 @@ class Agent:
         )
 
     def _on_link_change(self, device: str, state: LinkState) -> None:
+        code = "device.comm_fail"
         if state is LinkState.COMM_FAIL:
-            self.event(
+            item = self._event(
                 MsgClass.ALARM,
-                code="device.comm_fail",
+                code=code,
                 severity=Severity.ERROR,
                 state="raised",
                 src=device,
                 msg=f"{device} does not answer",
             )
+            self.outbox.raise_alarm(item, code=code, src=device)
         elif state is LinkState.ONLINE:
-            self.event(
+            item = self._event(
                 MsgClass.ALARM,
-                code="device.comm_fail",
+                code=code,
                 severity=Severity.NOTICE,
                 state="cleared",
                 src=device,
                 msg=f"{device} answers again",
             )
+            self.outbox.clear_alarm(item, code=code, src=device)
 
     def _startup_events(self) -> None:
         boot = self.outbox.boot
@@ -183,18 +189,22 @@ class Agent:
             msg=f"armoire {__version__} boot {boot}",
             data={"version": __version__, "boot": boot},
         )
-        if self.outbox.unclean is not None:
-            prev = self.outbox.unclean
-            gap = max(0, wall_ms(self.clock) - prev.last_commit_ms) if prev.last_commit_ms else 0
-            # What a crash or power cut cost: readings taken after the last commit.
-            self.event(
+        now = wall_ms(self.clock)
+        # What a crash or power cut cost: readings taken after the last commit.
+        self.outbox.report_unclean(
+            lambda prev: self._event(
                 MsgClass.EVENT,
                 code="agent.unclean_stop",
                 severity=Severity.WARNING,
                 state="info",
                 msg=f"boot {prev.boot} ended without a clean stop",
-                data={"boot": prev.boot, "last_commit": prev.last_commit_ms, "gap_ms": gap},
+                data={
+                    "boot": prev.boot,
+                    "last_commit": prev.last_commit_ms,
+                    "gap_ms": max(0, now - prev.last_commit_ms) if prev.last_commit_ms else 0,
+                },
             )
+        )
         if self.outbox.recovery is not None:
             rec = self.outbox.recovery
             self.event(

@@ -327,10 +327,4 @@ async def test_crash_loop__kills_lose_no_message_and_at_most_one_batch(site: Sit
     _check_numbering(site, events, last_seq)
     _check_alarms(site, events, runs)
     unreported = _check_kills(site, events, runs)
-    if unreported:
-        # Loss counted, but misattributed: reported to the lead, not fixed here.
-        pytest.xfail(
-            f"agent bug: no agent.unclean_stop for killed boots {unreported}: the next "
-            "boot died between opening the outbox (which marks the new boot unclean) and "
-            "appending its start-up events, so a later report names that boot instead"
-        )
+    assert not unreported, f"no agent.unclean_stop for killed boots {unreported}"

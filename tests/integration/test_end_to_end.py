@@ -140,3 +140,35 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
     keys = json.loads((await show.communicate())[0])
     assert keys["gw"] == "cab-sim-0001"
     assert len(bytes.fromhex(keys["pub"])) == 32
+
+
+async def test_e2e__alarm_state_survives_agent_restart(site: Site) -> None:
+    """After a reboot the control room would get a repeated alarm for a still-dead device,
+    or never see the alarm of a device repaired meanwhile cleared."""
+
+    def alarms(c: CentralPost, src: str, state: str) -> int:
+        return sum(
+            1
+            for e in c.events
+            if e["code"] == "device.comm_fail" and e.get("src") == src and e["state"] == state
+        )
+
+    site.cabinet.power_off("lamp-05")
+    site.cabinet.power_off("lamp-06")
+    await site.central.wait_for(
+        lambda c: alarms(c, "lamp-05", "raised") == 1 and alarms(c, "lamp-06", "raised") == 1,
+        WAIT_S,
+    )
+    await site.agent.stop()
+    site.cabinet.power_on("lamp-05")  # repaired while the agent was down
+    await site.agent.start()
+    await site.central.wait_for(lambda c: alarms(c, "lamp-05", "cleared") == 1, WAIT_S)
+    # lamp-06 is still dead: its points are comm_fail again, but no second alarm.
+    await site.central.wait_for(
+        lambda c: any(
+            r.boot == 2 and r.point == "lamp-06/level" and r.quality == 2 for r in c.readings
+        ),
+        WAIT_S,
+    )
+    assert alarms(site.central, "lamp-06", "raised") == 1
+    assert alarms(site.central, "lamp-05", "raised") == 1

@@ -19,6 +19,7 @@ from agent.outbox import (
     MsgClass,
     Outbox,
     Pending,
+    UncleanStop,
 )
 
 
@@ -225,14 +226,42 @@ def test_outbox__unclean_stop_detected(tmp_path: Path) -> None:
     box.append(_item())
     box.close()
     box = Outbox.open(tmp_path, clock)
-    assert box.unclean is None
+    assert box.unclean == []
     box.append(_item())
     t_commit = int(clock.wall() * 1000)
     # No close(): the process died.
     box = Outbox.open(tmp_path, clock)
-    assert box.unclean is not None
-    assert box.unclean.boot == 2
-    assert box.unclean.last_commit_ms == t_commit
+    assert box.unclean == [UncleanStop(boot=2, last_commit_ms=t_commit)]
+
+
+def test_outbox__unclean_report_survives_a_kill_before_it_is_sent(tmp_path: Path) -> None:
+    """Two crashes in a row would leave the first one unreported."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    box.append(_item())
+    t_commit = int(clock.wall() * 1000)
+    box = Outbox.open(tmp_path, clock)  # boot 2 starts; killed before reporting boot 1
+    box = Outbox.open(tmp_path, clock)  # boot 3
+    assert [u.boot for u in box.unclean] == [1, 2]
+    assert box.unclean[0].last_commit_ms == t_commit
+    seqs = box.report_unclean(
+        lambda u: Pending(cls=MsgClass.EVENT, topic="evt", build=lambda s: f"{u.boot}".encode())
+    )
+    assert len(seqs) == 2
+    assert box.unclean == []
+    assert {r.payload for r in box.take(10)} >= {b"1", b"2"}
+
+
+def test_outbox__active_alarms_survive_restart(tmp_path: Path) -> None:
+    """After a reboot a still-failed device would raise its alarm twice, or a repaired one
+    would never be cleared."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    box.raise_alarm(_item(MsgClass.ALARM), code="device.comm_fail", src="lamp-05")
+    box.raise_alarm(_item(MsgClass.ALARM), code="device.comm_fail", src="lamp-06")
+    box.clear_alarm(_item(MsgClass.ALARM), code="device.comm_fail", src="lamp-06")
+    box = Outbox.open(tmp_path, clock)
+    assert box.active_alarms == {("device.comm_fail", "lamp-05")}
 
 
 @pytest.mark.parametrize(
