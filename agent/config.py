@@ -97,6 +97,7 @@ class StorageConfig:
 
     data_dir: Path
     batch_interval: float
+    telemetry_delay: float
     batch_max: int
     capacity_bytes: int
 
@@ -278,10 +279,18 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
     storage = StorageConfig(
         data_dir=here / sec.string("data_dir", expected="a directory path"),
         batch_interval=sec.number("batch_interval", 0.05, 60, default=1.0),
+        # Longest a committed reading waits to be sealed into a signed Telemetry message:
+        # fewer, larger messages share the envelope (~130 B) over more readings.
+        telemetry_delay=sec.number("telemetry_delay", 0.05, 3600, default=5.0),
         batch_max=sec.integer("batch_max", 1, 10_000, default=500),
         # Fractions of a MiB are allowed so tests can fill an outbox quickly.
         capacity_bytes=int(sec.number("capacity_mb", 0.001, 1_000_000, default=512) * MIB),
     )
+    if storage.telemetry_delay < storage.batch_interval and sec.ok("telemetry_delay"):
+        sec.error(
+            "telemetry_delay",
+            f"must be at least batch_interval ({storage.batch_interval:g} s)",
+        )
     sec.close()
     return storage
 

@@ -165,6 +165,13 @@ CREATE TABLE IF NOT EXISTS unclean (
     boot        INTEGER PRIMARY KEY,
     last_commit INTEGER NOT NULL
 );
+-- Readings committed but not yet sealed into a signed Telemetry message.
+CREATE TABLE IF NOT EXISTS staged (
+    id       INTEGER PRIMARY KEY,
+    t_ms     INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    body     BLOB    NOT NULL
+);
 -- Alarms raised and not yet cleared, so a restart neither repeats nor forgets them.
 CREATE TABLE IF NOT EXISTS active_alarms (
     code TEXT NOT NULL,
@@ -229,6 +236,8 @@ class Outbox:
             self._bytes += size
         if self.depth:
             self._available.set()
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(readings), 0) FROM staged").fetchone()
+        self.staged_rows, self.staged_readings = int(row[0]), int(row[1])
 
     @classmethod
     def open(cls, data_dir: Path, clock: Clock, *, capacity_bytes: int = 512 * 2**20) -> Outbox:
@@ -312,6 +321,48 @@ class Outbox:
             self._forget(evictions)
         self._available.set()
         return [row[0] for row in rows[: len(items)]]
+
+    def stage(self, body: bytes, *, readings: int) -> None:
+        """Commit readings (encoded by the caller) that are not yet in a signed message.
+
+        This is the per-batch-interval group commit: what is staged survives a crash
+        and is sealed by :meth:`seal`, in this boot or the next.
+        """
+        t_ms = wall_ms(self._clock)
+        self._begin()
+        try:
+            self._db.execute(
+                "INSERT INTO staged (t_ms, readings, body) VALUES (?, ?, ?)", (t_ms, readings, body)
+            )
+            self._set_meta("last_commit_ms", t_ms)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._deletes_pending = 0
+        self.staged_rows += 1
+        self.staged_readings += readings
+
+    def seal(self, make: Callable[[list[bytes]], Sequence[Pending]]) -> list[int]:
+        """Turn every staged body into messages (``make``) and store them, atomically."""
+        rows = self._db.execute("SELECT id, body FROM staged ORDER BY id").fetchall()
+        items = make([body for _, body in rows]) if rows else []
+        if not rows:
+            return []
+        seqs = (
+            self.append_many(items, also=[("DELETE FROM staged WHERE id <= ?", (rows[-1][0],))])
+            if items
+            else self._drop_staged(rows[-1][0])
+        )
+        self.staged_rows = 0
+        self.staged_readings = 0
+        return seqs
+
+    def _drop_staged(self, last_id: int) -> list[int]:
+        self._begin()
+        self._db.execute("DELETE FROM staged WHERE id <= ?", (last_id,))
+        self._db.execute("COMMIT")
+        return []
 
     @property
     def unclean(self) -> list[UncleanStop]:

@@ -75,6 +75,7 @@ class Agent:
             factory=self.factory,
             clock=clock,
             batch_interval=config.storage.batch_interval,
+            telemetry_delay=config.storage.telemetry_delay,
             batch_max=config.storage.batch_max,
         )
         self.transports: dict[str, RtuTransport] = {}

@@ -241,9 +241,11 @@ def _check_kills(site: Site, events: list[dict[str, Any]], runs: Sequence[Run]) 
     unreported = []
     for boot, run in killed.items():
         # Whatever this boot sent was made while its process lived: the boot numbers
-        # read from the side file are the ones the processes used.
-        times = [e["t"] for e in events if e["boot"] == boot] + readings.get(boot, [])
+        # read from the side file are the ones the processes used. Readings may be
+        # older: those committed (staged) by an earlier boot are sealed by this one.
+        times = [e["t"] for e in events if e["boot"] == boot]
         assert all(run.spawned_ms <= t <= run.dead_ms for t in times), f"{run}: {times}"
+        assert all(t <= run.dead_ms for t in readings.get(boot, [])), f"{run}: readings"
         report = unclean.get(boot)
         if report is not None:
             # Reported by the next boot that got as far as its start-up events.

@@ -103,7 +103,11 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
         key_file=None,
     )
     assert config.storage == StorageConfig(
-        data_dir=FIXTURES / "data", batch_interval=1.0, batch_max=500, capacity_bytes=64 * 2**20
+        data_dir=FIXTURES / "data",
+        batch_interval=1.0,
+        telemetry_delay=5.0,
+        batch_max=500,
+        capacity_bytes=64 * 2**20,
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.board == load_board("sim", base_dir=FIXTURES / "sim-data")
@@ -148,7 +152,11 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
     assert config.uplink.session_expiry == 86400
     assert (config.uplink.reconnect_min, config.uplink.reconnect_max) == (1.0, 60.0)
     assert config.storage == StorageConfig(
-        data_dir=workdir / "data", batch_interval=1.0, batch_max=500, capacity_bytes=512 * 2**20
+        data_dir=workdir / "data",
+        batch_interval=1.0,
+        telemetry_delay=5.0,
+        batch_max=500,
+        capacity_bytes=512 * 2**20,
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.devices[0].poll == 1.0

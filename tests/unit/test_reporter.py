@@ -18,7 +18,7 @@ from agent.security.cose import Signer, decode_envelope
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, *, batch_max: int = 500) -> None:
+    def __init__(self, tmp_path: Path, *, batch_max: int = 500, delay: float | None = None) -> None:
         self.clock = FakeClock()
         self.points = Points()
         self.outbox = Outbox.open(tmp_path, self.clock)
@@ -35,6 +35,7 @@ class Rig:
             clock=self.clock,
             batch_interval=1.0,
             batch_max=batch_max,
+            telemetry_delay=delay,
         )
 
     def set(self, name: str, value: Any, quality: Quality = Quality.GOOD) -> None:
@@ -131,3 +132,43 @@ def test_reporter__evicted_readings_reported_once_in_next_batch(tmp_path: Path) 
     bodies = rig.bodies()
     assert [b.get("lost", 0) for b in bodies] == [1]
     assert rig.outbox.lost_pending == 0
+
+
+async def test_reporter__commits_every_interval_seals_every_delay(tmp_path: Path) -> None:
+    """Readings would cost a signed message each second (wire bytes), or wait uncommitted
+    (lost at a power cut)."""
+    rig = Rig(tmp_path, delay=5.0)
+    task = asyncio.create_task(rig.reporter.run())
+    for step in range(5):
+        rig.set("lamp-01/power", float(step * 10))
+        await rig.clock.advance(1.0)
+        assert rig.outbox.staged_readings == (step + 1 if step < 4 else 0)
+    (body,) = rig.bodies()
+    assert [r[2] for r in body["r"]] == [0, 10, 20, 30, 40]
+    task.cancel()
+
+
+async def test_reporter__batch_max_seals_early(tmp_path: Path) -> None:
+    """A burst would wait the whole delay and then leave as one oversize message."""
+    rig = Rig(tmp_path, delay=60.0, batch_max=3)
+    task = asyncio.create_task(rig.reporter.run())
+    for v in range(4):
+        rig.set("lamp-01/power", float(v * 10))
+    await rig.clock.advance(1.0)
+    assert [len(b["r"]) for b in rig.bodies()] == [3, 1]
+    task.cancel()
+
+
+def test_reporter__staged_readings_survive_a_crash(tmp_path: Path) -> None:
+    """Readings committed before a power cut would never be sent."""
+    rig = Rig(tmp_path, delay=5.0)
+    rig.set("lamp-01/power", 42.0)
+    assert rig.reporter.commit() == 1
+    # The process dies here: nothing sealed. The next boot seals what was staged.
+    again = Rig(tmp_path, delay=5.0)
+    assert again.outbox.boot == 2
+    assert again.reporter.due()
+    again.reporter.seal()
+    (body,) = again.bodies()
+    assert body["boot"] == 2
+    assert [r[2] for r in body["r"]] == [42]
