@@ -48,11 +48,40 @@ def _parser() -> argparse.ArgumentParser:
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kinit = ksub.add_parser("init", help="create the gateway's Ed25519 key pair")
     kinit.add_argument("--data", required=True, type=Path, metavar="DIR")
+    kinit.add_argument(
+        "--central",
+        action="store_true",
+        help="create the central post's root, operator and maintenance keys instead, "
+        "and the trust-store material to install on gateways",
+    )
     kshow = ksub.add_parser("show", help="print the gateway id, kid and public key as JSON")
     kshow.add_argument("--data", required=True, type=Path, metavar="DIR")
     kshow.add_argument(
         "--config", type=Path, metavar="FILE", help="configuration naming the gateway id"
     )
+
+    central = sub.add_parser("central", help="act as the central post (reference tooling)")
+    csub = central.add_subparsers(dest="central_command", required=True, metavar="ACTION")
+    send = csub.add_parser(
+        "send",
+        help="sign a command, publish it, wait for the Ack and print it as JSON",
+        description="examples: write lamp-03/level 40 · relinquish lamp-03/level · action selftest",
+    )
+    send.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the central post's folder (keys, central.toml)",
+    )
+    send.add_argument("--gw", required=True, metavar="ID", help="target gateway id")
+    send.add_argument("--prio", type=int, metavar="1..16", help="priority level (default 10)")
+    send.add_argument("--hold", type=int, metavar="SECONDS", help="how long a write holds")
+    send.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    send.add_argument("--key", default="operator", help="signing key in DIR (default operator)")
+    send.add_argument("op", choices=["write", "relinquish", "action"])
+    send.add_argument("target", help="POINT for write/relinquish, NAME for action")
+    send.add_argument("value", nargs="?", help="the value to write")
 
     sim = sub.add_parser(
         "sim", help="run a virtual cabinet, a broker, the agent and a central post"
@@ -86,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(args)
         case "sim":
             return _sim(args)
+        case "central":
+            return _central(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
@@ -142,6 +173,16 @@ def _keys(args: argparse.Namespace) -> int:
         key_summary,
     )
 
+    if args.keys_command == "init" and args.central:
+        from sim.commander import init_central_keys
+
+        try:
+            summary = init_central_keys(args.data)
+        except FileExistsError as exc:
+            print(f"armoire: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(summary))
+        return EXIT_OK
     if args.keys_command == "init":
         try:
             init_gateway_keys(args.data)
@@ -183,3 +224,26 @@ def _sim(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     return run_sim(options)
+
+
+def _central(args: argparse.Namespace) -> int:
+    from sim.commander import send_cli
+
+    if args.op == "write" and args.value is None:
+        print("armoire: write needs a value: write POINT VALUE", file=sys.stderr)
+        return EXIT_USAGE
+    status, result = asyncio.run(
+        send_cli(
+            args.data,
+            args.gw,
+            args.op,
+            args.target,
+            args.value,
+            prio=args.prio,
+            hold=args.hold,
+            timeout=args.timeout,
+            key_name=args.key,
+        )
+    )
+    print(json.dumps(result))
+    return status

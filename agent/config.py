@@ -17,10 +17,13 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from agent.board import Board, BoardError, SerialPort, load_board
+from agent.commands import DEFAULT_POLICIES, OPS, RolePolicy
+from agent.security.trust import ROLES
 from drivers.profile import (
     PointSpec,
     Problems,
@@ -112,6 +115,21 @@ class PollingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CommandsConfig:
+    """How commands from the central post are checked and held (``[commands]``, optional).
+
+    Seconds throughout. ``policies`` is what each role may do over MQTT: the defaults of
+    :data:`agent.commands.DEFAULT_POLICIES`, narrowed by ``[commands.roles.<role>]``.
+    """
+
+    clock_skew: float
+    hold_default: float
+    hold_max: float
+    max_validity: float
+    policies: Mapping[str, RolePolicy]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """One field device: its driver, the serial port it hangs on, its unit address, its model."""
 
@@ -134,6 +152,7 @@ class Config:
     uplink: UplinkConfig
     storage: StorageConfig
     polling: PollingConfig
+    commands: CommandsConfig
     devices: tuple[DeviceConfig, ...]
     digest: bytes
 
@@ -164,6 +183,7 @@ def load_config(path: Path) -> Config:
     uplink = _uplink(root.table("uplink"), here)
     storage = _storage(root.table("storage"), here)
     polling = _polling(root.table("polling", required=False))
+    commands = _commands(root.table("commands", required=False))
     devices = _devices(root.tables("devices", required=False), board, here)
     root.close()
     if problems.errors or board is None:
@@ -176,6 +196,7 @@ def load_config(path: Path) -> Config:
         uplink=uplink,
         storage=storage,
         polling=polling,
+        commands=commands,
         devices=devices,
         digest=b"",
     )
@@ -305,6 +326,110 @@ def _polling(sec: Section) -> PollingConfig:
     return polling
 
 
+# Limits of [commands], in seconds. Skew: NTP keeps a gateway within a second; 10 minutes
+# still accepts a cabinet whose RTC drifted for weeks without making expired commands usable.
+CLOCK_SKEW_RANGE: Final = (0, 600)
+HOLD_DEFAULT_RANGE: Final = (1, 86400)  # up to a day: a write must lapse (DESIGN.md, Principles)
+HOLD_MAX_RANGE: Final = (1, 604800)  # up to a week, e.g. a lamp kept off for road works
+MAX_VALIDITY_RANGE: Final = (1, 604800)  # ids are remembered this long (DESIGN.md, Security)
+
+
+def _commands(sec: Section) -> CommandsConfig:
+    commands = CommandsConfig(
+        clock_skew=sec.number("clock_skew", *CLOCK_SKEW_RANGE, default=30.0),
+        hold_default=sec.number("hold_default", *HOLD_DEFAULT_RANGE, default=600.0),
+        hold_max=sec.number("hold_max", *HOLD_MAX_RANGE, default=3600.0),
+        max_validity=sec.number("max_validity", *MAX_VALIDITY_RANGE, default=3600.0),
+        policies=_policies(sec.table("roles", required=False)),
+    )
+    if sec.ok("hold_default") and sec.ok("hold_max") and commands.hold_max < commands.hold_default:
+        sec.error("hold_max", f"must be >= hold_default ({commands.hold_default:g})")
+    sec.close()
+    return commands
+
+
+def _policies(sec: Section) -> Mapping[str, RolePolicy]:
+    """The default policies, each narrowed by its ``[commands.roles.<role>]`` table."""
+    policies = dict(DEFAULT_POLICIES)
+    for role, rsec in sec.subtables():
+        default = DEFAULT_POLICIES.get(role)
+        if default is not None:
+            policies[role] = _narrowed(rsec, role, default)
+        elif role in ROLES:
+            sec.error(role, f"role {show(role)} has no commands over MQTT to narrow (console only)")
+        else:
+            known = ", ".join(show(r) for r in DEFAULT_POLICIES)
+            sec.error(
+                role, f"unknown role {show(role)}{did_you_mean(role, ROLES)} (roles: {known})"
+            )
+    return MappingProxyType(policies)
+
+
+def _narrowed(sec: Section, role: str, default: RolePolicy) -> RolePolicy:
+    """A role's policy from its table: each key may only narrow the default, never widen it."""
+    lo, hi = default.priorities
+    priorities = default.priorities
+    if sec.has("priorities"):
+        value = sec.raw("priorities")
+        expected = f"[low, high] with {lo} <= low <= high <= {hi}"
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or any(type(v) is not int for v in value)
+            or value[0] > value[1]
+        ):
+            sec.error("priorities", f"expected {expected}, got {_toml(value)}")
+        elif value[0] < lo or value[1] > hi:
+            sec.error(
+                "priorities",
+                f"{_toml(value)} widens the default {lo}..{hi} of role {show(role)}; "
+                f"expected {expected}",
+            )
+        else:
+            priorities = (value[0], value[1])
+    ops = frozenset(_strings(sec, "ops", tuple(sorted(default.ops)), choices=OPS))
+    if sec.ok("ops") and not ops <= default.ops:
+        sec.error("ops", f"widens the default ops of role {show(role)}")
+    points = _strings(sec, "points", default.points)
+    actions = _strings(sec, "actions", default.actions)
+    for key, patterns, allowed in (
+        ("points", points, default.points),
+        ("actions", actions, default.actions),
+    ):
+        # A pattern is within the default if the default allows everything or lists it as is.
+        wider = [p for p in patterns if "*" not in allowed and p not in allowed]
+        if sec.ok(key) and wider:
+            sec.error(key, f"{show(wider[0])} widens the default {key} of role {show(role)}")
+    sec.close()
+    # Each value above is the default unless it was valid, so this never fails to build.
+    return RolePolicy(priorities, ops, points, actions)
+
+
+def _strings(
+    sec: Section, key: str, default: tuple[str, ...], *, choices: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """An array of non-empty strings (each one of ``choices`` when given)."""
+    if not sec.has(key):
+        return default
+    value = sec.raw(key)
+    expected = "an array of " + (
+        "strings among " + ", ".join(show(c) for c in choices) if choices else "non-empty strings"
+    )
+    if not isinstance(value, list) or any(
+        not isinstance(v, str) or not v or (choices and v not in choices) for v in value
+    ):
+        sec.error(key, f"expected {expected}, got {_toml(value)}")
+        return default
+    return tuple(value)
+
+
+def _toml(value: object) -> str:
+    """A short TOML-like rendering of an array (``show`` says only "an array")."""
+    if isinstance(value, list) and len(value) <= 4:
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return show(value)
+
+
 def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[DeviceConfig, ...]:
     devices: list[DeviceConfig] = []
     names: dict[str, int] = {}
@@ -403,6 +528,8 @@ def _plain(value: object) -> object:
             return {str(k): _plain(v) for k, v in value.items()}
         case tuple() | list():
             return [_plain(v) for v in value]
+        case frozenset():
+            return sorted((_plain(v) for v in value), key=repr)
         case _ if dataclasses.is_dataclass(value) and not isinstance(value, type):
             # Where a file was read from is not configuration, its content is; and the
             # digest cannot cover itself.

@@ -59,6 +59,9 @@ class Severity(int, Enum):
     DEBUG = 7
 
 
+_ABSENT: Any = object()  # marks an optional field that is not sent (None is a value)
+
+
 def _wire_value(value: Value) -> Value:
     # An integral float travels as an int: 2 bytes instead of 9 for "100.0".
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
@@ -116,6 +119,27 @@ class MessageFactory:
             body["msg"] = msg
         if data is not None:
             body["data"] = dict(data)
+        return self._seal(body)
+
+    def ack(
+        self,
+        seq: int,
+        *,
+        t_ms: int,
+        cmd: bytes,
+        status: str,
+        reason: str | None = None,
+        value: Any = _ABSENT,
+    ) -> bytes:
+        """A signed Ack: the result of one command (PROTOCOL.md, Ack)."""
+        if status not in ("done", "rejected", "failed"):
+            raise ValueError(f"ack status {status!r} is not done, rejected or failed")
+        body = self._header(seq)
+        body.update(t=t_ms, cmd=cmd, status=status)
+        if reason is not None:
+            body["reason"] = reason
+        if value is not _ABSENT:
+            body["value"] = _wire_value(value) if not isinstance(value, dict) else value
         return self._seal(body)
 
     def birth(

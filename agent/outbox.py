@@ -172,6 +172,11 @@ CREATE TABLE IF NOT EXISTS staged (
     readings INTEGER NOT NULL,
     body     BLOB    NOT NULL
 );
+-- Command ids accepted, remembered while the command could still be valid (replay).
+CREATE TABLE IF NOT EXISTS seen_commands (
+    id       BLOB PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
 -- Alarms raised and not yet cleared, so a restart neither repeats nor forgets them.
 CREATE TABLE IF NOT EXISTS active_alarms (
     code TEXT NOT NULL,
@@ -379,6 +384,27 @@ class Outbox:
             [make(u) for u in pending],
             also=[("DELETE FROM unclean WHERE boot = ?", (u.boot,)) for u in pending],
         )
+
+    def command_seen(self, cmd_id: bytes) -> bool:
+        """Whether a command with this id was accepted before (in any boot)."""
+        row = self._db.execute("SELECT 1 FROM seen_commands WHERE id = ?", (cmd_id,)).fetchone()
+        return row is not None
+
+    def remember_command(self, cmd_id: bytes, *, until_ms: int) -> None:
+        """Durably remember an accepted command id until ``until_ms`` (its exp + skew);
+        forget the ids whose commands can no longer be valid."""
+        now = wall_ms(self._clock)
+        self._begin()
+        try:
+            self._db.execute("DELETE FROM seen_commands WHERE until_ms < ?", (now,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO seen_commands VALUES (?, ?)", (cmd_id, until_ms)
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._deletes_pending = 0
 
     @property
     def active_alarms(self) -> set[tuple[str, str]]:

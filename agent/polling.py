@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from enum import StrEnum
 
+from agent.arbiter import DeviceWriteError
 from agent.clock import Clock, wall_ms
 from agent.config import DeviceConfig, PollingConfig
 from agent.points import Points, Quality, Sample, Value
@@ -21,9 +22,11 @@ from drivers.modbus.codec import (
     ReadInputRegisters,
     RegistersRead,
     RemoteProtocolError,
+    WriteMultipleRegisters,
+    WriteSingleRegister,
 )
 from drivers.modbus.transport import RtuTransport
-from drivers.profile import PointSpec, ReadBlock, decode, in_range, plan_reads
+from drivers.profile import PointSpec, ReadBlock, decode, encode, in_range, plan_reads
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,48 @@ class DevicePoller:
         response = await self._transport.transact(request)
         assert isinstance(response, RegistersRead)
         return response.values
+
+    async def write(self, name: str, value: Value) -> None:
+        """Write one point of this device; the Points table shows the value at once.
+
+        Raises ``DeviceWriteError`` (with the Modbus cause) if the device refuses or
+        does not answer; the point's quality then shows ``comm_fail``.
+        """
+        spec = self.device.profile.point(name)
+        if value is None or isinstance(value, str):
+            raise DeviceWriteError(f"{self.device.name}/{name}", f"cannot write {value!r}")
+        try:
+            registers = encode(spec, value)
+        except ValueError as exc:
+            raise DeviceWriteError(f"{self.device.name}/{name}", str(exc)) from exc
+        unit = self.device.address
+        request = (
+            WriteSingleRegister(unit=unit, address=spec.address, value=registers[0])
+            if len(registers) == 1
+            else WriteMultipleRegisters(unit=unit, address=spec.address, values=registers)
+        )
+        full = self._name(spec)
+        try:
+            await self._transport.transact(request)
+        except (RemoteProtocolError, OSError) as exc:
+            last = self._points.get(full)
+            self._points.update(
+                Sample(
+                    name=full,
+                    value=None if last is None else last.value,
+                    quality=Quality.COMM_FAIL,
+                    t_ms=wall_ms(self._clock),
+                )
+            )
+            raise DeviceWriteError(full, str(exc)) from exc
+        self._points.update(
+            Sample(
+                name=full,
+                value=decode(spec, registers),
+                quality=Quality.GOOD,
+                t_ms=wall_ms(self._clock),
+            )
+        )
 
     def _answered(self) -> None:
         failed = self.state is LinkState.COMM_FAIL

@@ -18,18 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.arbiter import Arbiter
 from agent.clock import Clock, SystemClock, wall_ms
+from agent.commands import Command, CommandVerifier
 from agent.config import Config
+from agent.downlink import Downlink, Holds
 from agent.messages import MessageFactory, Severity, Topic, topic
 from agent.outbox import Evictions, MsgClass, Outbox, Pending
-from agent.points import Points
+from agent.points import Points, Value
 from agent.polling import DevicePoller, LinkState
 from agent.reporter import Reporter, ReportPolicy
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
+from agent.security.trust import TrustError, TrustStore
 from agent.supervisor import supervise
 from agent.uplink import Uplink
 from drivers.modbus.transport import RtuTransport
+from drivers.profile import encode, in_range
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,32 @@ class Agent:
                     assume_failed=("device.comm_fail", device.name) in failed,
                 )
             )
+        self._pollers = {p.device.name: p for p in self.pollers}
+        # Commandable points: writable points with a relinquish default in their profile.
+        self._writable = {
+            name: spec for name, _, spec in specs if spec.writable and spec.default is not None
+        }
+        self.arbiter = Arbiter(
+            clock=clock,
+            defaults={name: spec.default for name, spec in self._writable.items()},
+            write_device=self._write_device,
+        )
+        self.downlink = Downlink(
+            gw=config.gateway,
+            verifier=self._verifier(),
+            arbiter=self.arbiter,
+            outbox=self.outbox,
+            factory=self.factory,
+            clock=clock,
+            holds=Holds(
+                default=config.commands.hold_default,
+                maximum=config.commands.hold_max,
+                skew_s=config.commands.clock_skew,
+            ),
+            check_value=self._check_value,
+            actions={"ping": self._ping, "selftest": self._selftest},
+            data_dir=data_dir,
+        )
         self.uplink = Uplink(
             config=config.uplink,
             outbox=self.outbox,
@@ -112,7 +143,56 @@ class Agent:
             birth_points={name: (spec.unit, spec.writable) for name, _, spec in specs},
             config_digest=config.digest,
             agent_version=__version__,
+            subscriptions=(Topic.CMD, Topic.TRUST),
+            on_message=self.downlink.handle,
         )
+
+    def _verifier(self) -> CommandVerifier | None:
+        cfg = self.config
+        try:
+            trust = TrustStore.load(cfg.storage.data_dir, gw=cfg.gateway)
+        except TrustError as exc:
+            # The street stays lit and telemetry flows; every command is refused.
+            log.error("no usable trust store, all commands will be refused: %s", exc)
+            return None
+        return CommandVerifier(
+            gw=cfg.gateway,
+            trust=trust,
+            seen=self.outbox.command_seen,
+            policies=cfg.commands.policies,
+            skew_s=cfg.commands.clock_skew,
+            max_validity_s=cfg.commands.max_validity,
+            writable=lambda point: point in self._writable,
+            actions=("ping", "selftest"),
+        )
+
+    async def _write_device(self, point: str, value: Value) -> None:
+        device, _, name = point.partition("/")
+        await self._pollers[device].write(name, value)
+
+    def _check_value(self, point: str, value: object) -> str | None:
+        spec = self._writable[point]
+        if spec.type == "bool":
+            return None if isinstance(value, bool) else f"{point} takes true or false"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{point} takes a number"
+        if not in_range(spec, value):
+            return f"{point}: {value} is outside {spec.minimum}..{spec.maximum}"
+        try:
+            encode(spec, value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    async def _ping(self, cmd: Command) -> Any:
+        return {"t": wall_ms(self.clock), "boot": self.outbox.boot}
+
+    async def _selftest(self, cmd: Command) -> Any:
+        # Poll every device once, now, and say which answered.
+        results = {}
+        for poller in self.pollers:
+            results[poller.device.name] = "ok" if await poller.poll_once() else "no-answer"
+        return {"devices": results}
 
     def _event(
         self,
@@ -257,6 +337,11 @@ class Agent:
         """Run until ``stop`` is set, then shut down in order."""
         await self._open_lines()
         self._startup_events()
+        # After a restart the priority arrays are empty: devices go back to their
+        # defaults, so no hold ever outlives the agent.
+        failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
+        if failures:
+            log.warning("could not write the defaults of %s", ", ".join(sorted(failures)))
         try:
             async with asyncio.TaskGroup() as tg:
 
@@ -264,7 +349,11 @@ class Agent:
                     return tg.create_task(supervise(name, loop, self.clock), name=name)
 
                 uplink = run("uplink", self.uplink.run)
-                others = [run("reporter", self.reporter.run), run("status", self._status_loop)]
+                others = [
+                    run("reporter", self.reporter.run),
+                    run("status", self._status_loop),
+                    run("arbiter", self.arbiter.run),
+                ]
                 others += [run(f"driver[{p.device.name}].poll", p.run) for p in self.pollers]
                 await stop.wait()
                 for task in others:

@@ -1,4 +1,4 @@
-"""A virtual street cabinet: lamps, a meter and a sensor on one virtual RS-485 line.
+"""A virtual street cabinet: lamps, a meter, a sensor and a contactor on one virtual RS-485 line.
 
 ::
 
@@ -17,6 +17,11 @@ Model time comes from the injected :class:`agent.clock.Clock`: :meth:`Cabinet.ru
 ticks every ``Scenario.tick`` seconds of that clock, so on a ``FakeClock`` the
 model moves only when the test advances it. :meth:`Cabinet.tick` advances the
 model by hand.
+
+Every lamp of the scenario hangs on one lighting circuit, switched by the
+contactor: while it is open the lamps draw nothing and give no light, but their
+controllers (on the cabinet's permanent supply) keep answering with their
+settings unchanged, and the meter sees the load go.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer
 
 from agent.clock import Clock, SystemClock
-from sim.devices import Device, EnvSensor, Lamp, Meter
+from sim.devices import Contactor, Device, EnvSensor, Lamp, Meter
 from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
 from sim.serial_line import VirtualSerialLine
@@ -43,6 +48,11 @@ MAX_LAMPS = 99
 
 METER_NAME = "meter"
 ENV_NAME = "env"
+CONTACTOR_NAME = "contactor"
+
+# Range of the contactor's operations counter at start: a lighting contactor
+# switches twice a day, so a few years of service.
+CONTACTOR_START_OPERATIONS = (1_000, 4_000)
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -65,6 +75,10 @@ class Scenario:
     first_lamp_unit: int = 1
     meter_unit: int = 20
     env_unit: int = 30
+    contactor: bool = True
+    """Whether the lighting circuit is switched by a contactor on the line; without
+    one the lamps are wired straight to the supply (always energised)."""
+    contactor_unit: int = 40
     lamp_rated_w: tuple[float, float] = (60.0, 90.0)
     """Range the (fixed, seeded) rated power of each lamp is drawn from, W."""
     lamp_start_hours: tuple[float, float] = (70_000.0, 90_000.0)
@@ -108,7 +122,24 @@ class Scenario:
             units[METER_NAME] = self.meter_unit
         if self.env:
             units[ENV_NAME] = self.env_unit
+        if self.contactor:
+            units[CONTACTOR_NAME] = self.contactor_unit
         return units
+
+
+class _SwitchedLamp(Lamp):
+    """A lamp whose load hangs on the cabinet's lighting circuit.
+
+    The controller stays on the permanent supply (it answers, keeps its
+    settings); only the light and the power drawn depend on the circuit.
+    """
+
+    energised: bool = True
+    """Whether the lighting circuit is live; the cabinet sets it on each tick."""
+
+    @property
+    def lit(self) -> bool:
+        return self.energised and super().lit
 
 
 class Cabinet:
@@ -135,14 +166,14 @@ class Cabinet:
             name=line_name,
         )
         self._server: ModbusSerialServer | None = None
-        self._lamps: list[Lamp] = []
+        self._lamps: list[_SwitchedLamp] = []
         for name, unit in sc.units().items():
             if name.startswith("lamp-"):
                 rng = self._rng(name)
                 rated = round(rng.uniform(*sc.lamp_rated_w))
                 hours = rng.uniform(*sc.lamp_start_hours)
                 self._lamps.append(
-                    Lamp(
+                    _SwitchedLamp(
                         name=name,
                         unit=unit,
                         rated_w=rated,
@@ -167,11 +198,20 @@ class Cabinet:
                 rng=meter_rng,
                 energy_wh=meter_rng.uniform(*sc.meter_start_energy_wh),
             )
+        self._contactor: Contactor | None = None
+        if sc.contactor:
+            self._contactor = Contactor(
+                name=CONTACTOR_NAME,
+                unit=sc.contactor_unit,
+                operations=self._rng(CONTACTOR_NAME).randint(*CONTACTOR_START_OPERATIONS),
+            )
         self.devices: dict[str, Device] = {lamp.name: lamp for lamp in self._lamps}
         if self._meter is not None:
             self.devices[METER_NAME] = self._meter
         if sc.env:
             self.devices[ENV_NAME] = self._env
+        if self._contactor is not None:
+            self.devices[CONTACTOR_NAME] = self._contactor
         self._by_unit = {device.unit: device for device in self.devices.values()}
         # Settle every measurement so the registers are meaningful before the first tick.
         self.tick(0.0)
@@ -241,7 +281,14 @@ class Cabinet:
         other = self.scenario.other_load_w
         load = sum(lamp.power_w for lamp in self._lamps) + other
         self._env.tick(dt, load_w=load)
+        # The contacts move first, so the lamps and the meter see the circuit
+        # as the contactor reports it after this same tick.
+        energised = True
+        if self._contactor is not None:
+            self._contactor.tick(dt)
+            energised = self._contactor.closed
         for lamp in self._lamps:
+            lamp.energised = energised
             lamp.tick(dt, ambient_c=self._env.air_temperature_c)
         if self._meter is not None:
             phases = [0.0, 0.0, 0.0]
@@ -261,7 +308,9 @@ class Cabinet:
     def power_off(self, name: str) -> None:
         """Cut a device's supply: it stops answering (no reply at all).
 
-        A lamp controller's lamp goes dark with it; a meter stops counting.
+        A lamp controller's lamp goes dark with it; a meter stops counting; the
+        contactor's relay module releases the coil, so the lighting circuit
+        opens (from the next tick).
         """
         self._device(name).powered = False
 
@@ -282,6 +331,13 @@ class Cabinet:
         if not 0 <= pct <= MAX_LEVEL:
             raise ValueError(f"{name}: level must be 0..{MAX_LEVEL}, got {pct}")
         self.lamp(name).level = pct
+
+    @property
+    def contactor(self) -> Contactor:
+        """The lighting circuit's contactor (``ValueError`` if the scenario has none)."""
+        if self._contactor is None:
+            raise ValueError("this cabinet has no contactor (Scenario.contactor is false)")
+        return self._contactor
 
     def lamp(self, name: str) -> Lamp:
         """The lamp called ``name``."""

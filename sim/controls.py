@@ -21,8 +21,12 @@ from sim.proxy import LinkProxy
 
 HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
-    "1-9 device off/on · f fail/repair lamp-01 · q quit"
+    "1-9 device off/on · f fail/repair lamp-01 · : command · q quit"
 )
+COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
+
+# Sends a typed command as the central post would; returns a line describing the Ack.
+CommandSender = Callable[[str], Awaitable[str]]
 
 
 class Controls:
@@ -35,8 +39,12 @@ class Controls:
         link: LinkProxy,
         broker: Mosquitto | None,
         quit: Callable[[], None],
+        send: CommandSender | None = None,
     ) -> None:
         self.cabinet = cabinet
+        self._send = send
+        self.typing: str | None = None  # the command being typed after ':'
+
         self.link = link
         self.broker = broker
         self._quit = quit
@@ -66,8 +74,13 @@ class Controls:
 
     def handle(self, key: str) -> None:
         """Run the action bound to ``key`` (also used by tests)."""
+        if self.typing is not None:
+            self._edit(key)
+            return
         devices = list(self.cabinet.devices)
         match key:
+            case ":" if self._send is not None:
+                self.typing = ""
             case "c":
                 self._spawn("uplink cut", self.link.cut())
             case "s":
@@ -97,6 +110,31 @@ class Controls:
                     self.last = f"{name} switched on"
             case _:
                 pass
+
+    def _edit(self, key: str) -> None:
+        match key:
+            case "\r" | "\n":
+                text, self.typing = (self.typing or "").strip(), None
+                if text and self._send is not None:
+                    self.last = f"sending: {text}"
+                    self._spawn_send(text, self._send)
+            case "\x1b":
+                self.typing = None
+            case "\x7f" | "\b":
+                self.typing = (self.typing or "")[:-1]
+            case _ if key.isprintable():
+                self.typing = (self.typing or "") + key
+
+    def _spawn_send(self, text: str, send: CommandSender) -> None:
+        async def run() -> None:
+            try:
+                self.last = await send(text)
+            except Exception as exc:  # shown to the user, the view keeps running
+                self.last = f"{text}: {exc}"
+
+        task = asyncio.create_task(run(), name="sim.command")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, done: str, action: Awaitable[None]) -> None:
         async def run() -> None:

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sim.commander import (
+    Commander,
+    init_central_keys,
+    install_trust,
+    load_key,
+    write_central_config,
+)
 
 from agent.clock import SystemClock
 from sim.broker import Mosquitto
@@ -28,7 +35,12 @@ class Site:
     central: CentralPost
     agent: AgentProcess
     link: LinkProxy
+    commander: Commander
     gw: str = GATEWAY_ID
+
+    @property
+    def central_dir(self) -> Path:
+        return self.data / "central"
 
     def log(self) -> str:
         return self.agent.log_path.read_text(errors="replace")[-4000:]
@@ -49,14 +61,29 @@ async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
         model = asyncio.create_task(cabinet.run(), name="sim.cabinet")
         stack.callback(model.cancel)
         ensure_keys(tmp_path)
+        central_dir = tmp_path / "central"
+        init_central_keys(central_dir)
+        install_trust(central_dir, tmp_path)
+        write_central_config(
+            central_dir, broker=broker.url, gateways={GATEWAY_ID: tmp_path / "gateway.pub"}
+        )
         config = tmp_path / "agent.toml"
         config.write_text(agent_config(cabinet, link.url))
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
         )
+        commander = await stack.enter_async_context(
+            Commander(central, broker.url, load_key(central_dir / "operator.key"))
+        )
         agent = AgentProcess(config, tmp_path / "agent.log")
         await agent.start()
         stack.push_async_callback(agent.stop)
         yield Site(
-            data=tmp_path, broker=broker, cabinet=cabinet, central=central, agent=agent, link=link
+            data=tmp_path,
+            broker=broker,
+            cabinet=cabinet,
+            central=central,
+            agent=agent,
+            link=link,
+            commander=commander,
         )

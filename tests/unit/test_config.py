@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from agent.board import load_board
+from agent.commands import DEFAULT_POLICIES, RolePolicy
 from agent.config import (
+    CommandsConfig,
     Config,
     ConfigError,
     PollingConfig,
@@ -263,7 +265,8 @@ CASES = [
     ),
     pytest.param(
         BASE + '\n[logging]\nlevel = "debug"\n',
-        "logging: unknown key; known keys: board, devices, gateway, polling, site, storage, uplink",
+        "logging: unknown key; known keys: board, commands, devices, gateway, polling, site, "
+        "storage, uplink",
         id="unknown-table",
     ),
     pytest.param(
@@ -312,7 +315,7 @@ CASES = [
     pytest.param(
         edit('profile = "lamp-ctl"', 'profile = "lamp-ctrl"'),
         'devices[0].profile: no built-in profile "lamp-ctrl"; did you mean "lamp-ctl"? '
-        "(built-in: env-sensor, lamp-ctl, meter-3ph; or give a path to a .toml file)",
+        "(built-in: contactor, env-sensor, lamp-ctl, meter-3ph; or give a path to a .toml file)",
         id="unknown-profile",
     ),
     pytest.param(
@@ -475,3 +478,143 @@ def test_config__is_frozen(workdir: Path) -> None:
     config = load_text(BASE)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.gateway = "other"  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ [commands]
+
+
+def test_load_config__commands_defaults_when_absent(workdir: Path) -> None:
+    """Without a [commands] table the gateway uses the documented skew, holds and role limits."""
+    commands = load_text(BASE).commands
+    assert commands == CommandsConfig(
+        clock_skew=30.0,
+        hold_default=600.0,
+        hold_max=3600.0,
+        max_validity=3600.0,
+        policies=DEFAULT_POLICIES,
+    )
+    assert set(commands.policies) == {"operator", "admin"}
+
+
+def test_load_config__commands_settings_and_narrowed_role(workdir: Path) -> None:
+    """An operator can be limited to some points, actions, ops and priorities of its defaults."""
+    commands = load_text(
+        BASE
+        + "\n[commands]\nclock_skew = 5\nhold_default = 60\nhold_max = 120\nmax_validity = 300\n"
+        + '[commands.roles.operator]\npriorities = [10, 14]\nops = ["write", "action"]\n'
+        + 'points = ["lamp-*/*", "contactor/*"]\nactions = ["ping", "selftest"]\n'
+    ).commands
+    assert (commands.clock_skew, commands.hold_default, commands.hold_max) == (5.0, 60.0, 120.0)
+    assert commands.max_validity == 300.0
+    assert commands.policies["operator"] == RolePolicy(
+        (10, 14),
+        frozenset({"write", "action"}),
+        ("lamp-*/*", "contactor/*"),
+        ("ping", "selftest"),
+    )
+    assert commands.policies["admin"] == DEFAULT_POLICIES["admin"]
+
+
+def test_load_config__commands_change_the_digest(workdir: Path) -> None:
+    """The central post sees from the Birth digest that a gateway's command policy changed."""
+    first = load_text(BASE).digest
+    narrowed = BASE + '\n[commands.roles.operator]\npoints = ["lamp-*/*"]\n'
+    assert load_text(narrowed).digest != first
+    assert load_text(BASE + "\n[commands]\nclock_skew = 30\n").digest == first
+
+
+COMMANDS_CASES = [
+    pytest.param(
+        "[commands]\nclock_skew = 601\n",
+        "commands.clock_skew: expected a number 0..600, got 601",
+        id="clock-skew",
+    ),
+    pytest.param(
+        "[commands]\nhold_default = 0\n",
+        "commands.hold_default: expected a number 1..86400, got 0",
+        id="hold-default",
+    ),
+    pytest.param(
+        "[commands]\nhold_max = 604801\n",
+        "commands.hold_max: expected a number 1..604800, got 604801",
+        id="hold-max-range",
+    ),
+    pytest.param(
+        "[commands]\nhold_default = 900\nhold_max = 600\n",
+        "commands.hold_max: must be >= hold_default (900)",
+        id="hold-max-below-default",
+    ),
+    pytest.param(
+        "[commands]\nmax_validity = 0\n",
+        "commands.max_validity: expected a number 1..604800, got 0",
+        id="max-validity",
+    ),
+    pytest.param(
+        "[commands]\nclock_skw = 3\n",
+        'commands.clock_skw: unknown key; did you mean "clock_skew"?',
+        id="unknown-key",
+    ),
+    pytest.param(
+        "[commands.roles.operater]\npoints = []\n",
+        'commands.roles.operater: unknown role "operater"; did you mean "operator"? '
+        '(roles: "operator", "admin")',
+        id="unknown-role",
+    ),
+    pytest.param(
+        "[commands.roles.maintenance]\npoints = []\n",
+        'commands.roles.maintenance: role "maintenance" has no commands over MQTT to narrow '
+        "(console only)",
+        id="maintenance-cannot-get-mqtt",
+    ),
+    pytest.param(
+        "[commands.roles.operator]\npriorities = [8, 16]\n",
+        'commands.roles.operator.priorities: [8, 16] widens the default 9..16 of role "operator"; '
+        "expected [low, high] with 9 <= low <= high <= 16",
+        id="operator-priority-widened",
+    ),
+    pytest.param(
+        "[commands.roles.operator]\npriorities = [12, 10]\n",
+        "commands.roles.operator.priorities: expected [low, high] with 9 <= low <= high <= 16, "
+        "got [12, 10]",
+        id="priorities-reversed",
+    ),
+    pytest.param(
+        "[commands.roles.admin]\npriorities = 3\n",
+        "commands.roles.admin.priorities: expected [low, high] with 1 <= low <= high <= 16, got 3",
+        id="priorities-not-an-array",
+    ),
+    pytest.param(
+        '[commands.roles.operator]\nops = ["write", "erase"]\n',
+        'commands.roles.operator.ops: expected an array of strings among "write", "relinquish", '
+        '"action", got ["write", "erase"]',
+        id="unknown-op",
+    ),
+    pytest.param(
+        '[commands.roles.operator]\npoints = ["lamp-*/*", ""]\n',
+        "commands.roles.operator.points: expected an array of non-empty strings, "
+        'got ["lamp-*/*", ""]',
+        id="empty-pattern",
+    ),
+    pytest.param(
+        '[commands.roles.operator]\nactions = "ping"\n',
+        'commands.roles.operator.actions: expected an array of non-empty strings, got "ping"',
+        id="actions-not-an-array",
+    ),
+    pytest.param(
+        "[commands.roles.operator]\npoint = []\n",
+        'commands.roles.operator.point: unknown key; did you mean "points"?',
+        id="unknown-role-key",
+    ),
+    pytest.param(
+        "[commands]\nroles = 3\n",
+        "commands.roles: expected a table, got 3",
+        id="roles-not-a-table",
+    ),
+]
+
+
+@pytest.mark.parametrize(("table", "error"), COMMANDS_CASES)
+def test_load_config__commands_mistakes(workdir: Path, table: str, error: str) -> None:
+    """A wrong command setting is refused at start with its key path, not discovered in use."""
+    errors = errors_of(BASE + "\n" + table)
+    assert errors == [f"gateway.toml: {error}"]

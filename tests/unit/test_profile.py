@@ -365,10 +365,15 @@ EXPECTED = {
         "temperature": ("input", 0, "s16", "ABCD", 0.1, "°C", "r", -40, 85, 0.2, None),
         "humidity": ("input", 1, "u16", "ABCD", 0.1, "%RH", "r", 0, 100, 1, None),
     },
+    "contactor": {
+        "command": ("holding", 0, "bool", "ABCD", 1.0, "", "rw", None, None, 0, True),
+        "closed": ("input", 0, "bool", "ABCD", 1.0, "", "r", None, None, 0, None),
+        "operations": ("input", 1, "u16", "ABCD", 1.0, "", "r", None, None, 0, None),
+    },
 }
 
 
-def test_builtin_profiles__are_the_three_models() -> None:
+def test_builtin_profiles__are_the_simulated_models() -> None:
     """The shipped device models are the ones the simulator serves."""
     assert builtin_profiles() == sorted(EXPECTED)
 
@@ -419,7 +424,7 @@ def test_load_profile__unknown_builtin_suggests() -> None:
         load_profile("lamp-ctrl")
     assert info.value.errors == [
         'no built-in profile "lamp-ctrl"; did you mean "lamp-ctl"? '
-        "(built-in: env-sensor, lamp-ctl, meter-3ph; or give a path to a .toml file)"
+        "(built-in: contactor, env-sensor, lamp-ctl, meter-3ph; or give a path to a .toml file)"
     ]
 
 

@@ -1,0 +1,268 @@
+"""The downlink on its own: every command outcome gives the right Ack and audit Event.
+
+Commands are built and signed with the reference central post's code
+(`sim/commander.py`, written independently of the agent from PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.arbiter import Arbiter, DeviceWriteError
+from agent.clock import FakeClock, wall_ms
+from agent.commands import DEFAULT_POLICIES, CommandVerifier
+from agent.downlink import Downlink, Holds
+from agent.messages import MessageFactory
+from agent.outbox import Outbox
+from agent.points import Value
+from agent.security.cose import Signer, decode_envelope
+from agent.security.trust import TrustStore
+from sim.commander import init_central_keys, install_trust, load_key, make_command, sign
+
+GW = "cab-0001"
+CMD = f"armoire/v1/{GW}/cmd"
+
+
+@dataclass
+class Rig:
+    downlink: Downlink
+    outbox: Outbox
+    clock: FakeClock
+    keys: dict[str, Ed25519PrivateKey]
+    device_writes: list[tuple[str, Value]] = field(default_factory=list)
+    fail_writes: bool = False
+
+    def now(self) -> int:
+        return wall_ms(self.clock)
+
+    def command(self, key: str = "operator", **fields: Any) -> tuple[dict[str, Any], bytes]:
+        fields.setdefault("gw", GW)
+        fields.setdefault("op", "write")
+        if fields["op"] in ("write", "relinquish"):
+            fields.setdefault("point", "lamp-01/level")
+        if fields["op"] == "write":
+            fields.setdefault("value", 40)
+        body = make_command(now_ms=self.now(), **fields)
+        return body, sign(self.keys[key], body)
+
+    def messages(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(acks, audit events) stored since the last call."""
+        acks, audits = [], []
+        for record in self.outbox.take(1000):
+            body = cbor2.loads(decode_envelope(record.payload).payload)
+            self.outbox.done(record)
+            if record.topic.endswith("/ack"):
+                acks.append(body)
+            elif body.get("kind") == "audit":
+                audits.append(body)
+        return acks, audits
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    central = tmp_path / "central"
+    init_central_keys(central)
+    install_trust(central, tmp_path)
+    keys = {name: load_key(central / f"{name}.key") for name in ("operator", "maintenance")}
+    keys["stranger"] = Ed25519PrivateKey.generate()
+    clock = FakeClock(wall=1_800_000_000.0)
+    outbox = Outbox.open(tmp_path / "data", clock)
+    state: dict[str, Any] = {}
+
+    async def write_device(point: str, value: Value) -> None:
+        if state["rig"].fail_writes:
+            raise DeviceWriteError(point, "no reply within 0.2 s")
+        state["rig"].device_writes.append((point, value))
+
+    arbiter = Arbiter(
+        clock=clock, defaults={"lamp-01/level": 100, "lamp-01/on": True}, write_device=write_device
+    )
+    verifier = CommandVerifier(
+        gw=GW,
+        trust=TrustStore.load(tmp_path, gw=GW),
+        seen=outbox.command_seen,
+        policies=DEFAULT_POLICIES,
+        skew_s=30,
+        max_validity_s=3600,
+        writable=lambda p: p in ("lamp-01/level", "lamp-01/on"),
+        actions=("ping",),
+    )
+
+    async def ping(cmd: Any) -> Any:
+        return {"pong": True}
+
+    downlink = Downlink(
+        gw=GW,
+        verifier=verifier,
+        arbiter=arbiter,
+        outbox=outbox,
+        factory=MessageFactory(gw=GW, boot=outbox.boot, signer=Signer(keys["stranger"])),
+        clock=clock,
+        holds=Holds(default=600, maximum=3600, skew_s=30),
+        check_value=lambda p, v: (
+            None if isinstance(v, int | float) and 0 <= v <= 100 else "out of range"
+        ),
+        actions={"ping": ping},
+        data_dir=tmp_path,
+    )
+    state["rig"] = Rig(downlink=downlink, outbox=outbox, clock=clock, keys=keys)
+    return state["rig"]
+
+
+async def test_downlink__done_write_acked_with_effective_value_and_audited(rig: Rig) -> None:
+    """The control room would not know whether its command took effect, nor who sent it."""
+    body, payload = rig.command(value=40, hold=60)
+    await rig.downlink.handle(CMD, payload)
+    (ack,), (audit,) = rig.messages()
+    assert (ack["cmd"], ack["status"], ack["value"]) == (body["id"], "done", 40)
+    assert "reason" not in ack
+    assert rig.device_writes == [("lamp-01/level", 40)]
+    assert audit["code"] == "cmd.done"
+    assert audit["data"]["role"] == "operator"
+    assert audit["data"]["kid"] == decode_envelope(payload).kid.hex()
+    assert (audit["data"]["op"], audit["data"]["point"], audit["data"]["value"]) == (
+        "write", "lamp-01/level", 40,
+    )  # fmt: skip
+
+
+def _mutate(rig: Rig, case: str) -> tuple[dict[str, Any] | None, bytes]:
+    now = rig.now()
+    match case:
+        case "bad-request":  # schema: prio out of range (the central's builder refuses it)
+            body, _ = rig.command()
+            body["prio"] = 17
+            return body, sign(rig.keys["operator"], body)
+        case "bad-signature":
+            body, payload = rig.command()
+            return body, payload[:-1] + bytes([payload[-1] ^ 1])
+        case "unknown-kid":
+            return rig.command(key="stranger")
+        case "wrong-gateway":
+            return rig.command(gw="cab-9999")
+        case "expired":
+            body = make_command(gw=GW, op="write", point="lamp-01/level", value=1,
+                                now_ms=now - 120_000, validity_s=60)  # fmt: skip
+            return body, sign(rig.keys["operator"], body)
+        case "not-yet-valid":
+            return rig.command(nbf_ms=now + 120_000)
+        case "not-authorised":
+            return rig.command(prio=5)  # operators may not write above level 9
+        case _:
+            raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["bad-request", "bad-signature", "unknown-kid", "wrong-gateway", "expired",
+     "not-yet-valid", "not-authorised"],
+)  # fmt: skip
+async def test_downlink__each_reject_reason_in_ack_and_audit(rig: Rig, reason: str) -> None:
+    """A refused command would leave the operator guessing why, or leave no trace."""
+    body, payload = _mutate(rig, reason)
+    await rig.downlink.handle(CMD, payload)
+    acks, (audit,) = rig.messages()
+    assert audit["code"] == "cmd.rejected"
+    assert audit["data"]["reason"] == reason
+    if reason == "wrong-gateway":
+        assert acks == []  # PROTOCOL.md: only a command for this gateway is acknowledged
+    else:
+        (ack,) = acks
+        assert body is not None
+        assert (ack["cmd"], ack["status"], ack["reason"]) == (body["id"], "rejected", reason)
+        assert "value" not in ack
+    assert rig.device_writes == []
+
+
+async def test_downlink__replay_rejected(rig: Rig) -> None:
+    """A recorded command replayed by anyone on the broker would be obeyed again."""
+    _body, payload = rig.command()
+    await rig.downlink.handle(CMD, payload)
+    await rig.downlink.handle(CMD, payload)
+    acks, audits = rig.messages()
+    assert [a["status"] for a in acks] == ["done", "rejected"]
+    assert acks[1]["reason"] == "replay"
+    assert audits[1]["data"]["reason"] == "replay"
+
+
+async def test_downlink__device_error_failed_ack(rig: Rig) -> None:
+    """A write to a dead device would be reported as done."""
+    rig.fail_writes = True
+    _body, payload = rig.command(value=10)
+    await rig.downlink.handle(CMD, payload)
+    (ack,), (audit,) = rig.messages()
+    assert (ack["status"], ack["reason"]) == ("failed", "device-error")
+    assert audit["code"] == "cmd.failed"
+    assert audit["data"]["reason"] == "device-error"
+
+
+async def test_downlink__value_out_of_range_is_bad_request(rig: Rig) -> None:
+    """A level of 250 % would reach the lamp controller."""
+    _body, payload = rig.command(value=250)
+    await rig.downlink.handle(CMD, payload)
+    (ack,), _ = rig.messages()
+    assert (ack["status"], ack["reason"]) == ("rejected", "bad-request")
+    assert rig.device_writes == []
+
+
+async def test_downlink__hold_capped_and_lapses(rig: Rig) -> None:
+    """An operator could switch a street off for longer than the configured maximum."""
+    _body, payload = rig.command(value=0, hold=10**6)
+    await rig.downlink.handle(CMD, payload)
+    entry = rig.downlink._arbiter.entries("lamp-01/level")[10]
+    assert entry.expires == rig.clock.monotonic() + 3600
+
+
+async def test_downlink__maintenance_key_not_authorised_over_mqtt(rig: Rig) -> None:
+    """A maintenance key acts through the console only (DESIGN.md, Security)."""
+    _body, payload = rig.command(key="maintenance", prio=12)
+    await rig.downlink.handle(CMD, payload)
+    (ack,), _ = rig.messages()
+    assert (ack["status"], ack["reason"]) == ("rejected", "not-authorised")
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_downlink__arbitrary_bytes_never_raise(rig: Rig, data: bytes) -> None:
+    """Anyone able to publish on the broker could crash the agent with junk."""
+    asyncio.run(rig.downlink.handle(CMD, data))
+    assert rig.device_writes == []
+
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=cbor_values)
+def test_downlink__arbitrary_cbor_never_raises(rig: Rig, value: Any) -> None:
+    """Well-formed CBOR of any shape, even correctly signed, must be refused, not crash."""
+    asyncio.run(rig.downlink.handle(CMD, cbor2.dumps(value)))
+    asyncio.run(rig.downlink.handle(CMD, sign(rig.keys["operator"], {"x": value})))
+    assert rig.device_writes == []
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_downlink__any_flipped_bit_is_rejected(rig: Rig, position: int, bit: int) -> None:
+    """A command altered in transit (or by an attacker) would be obeyed."""
+    _, payload = rig.command(value=33)
+    i = position % len(payload)
+    mutated = payload[:i] + bytes([payload[i] ^ (1 << bit)]) + payload[i + 1 :]
+    asyncio.run(rig.downlink.handle(CMD, mutated))
+    acks, _ = rig.messages()
+    assert all(a["status"] == "rejected" for a in acks)
+    assert rig.device_writes == []
