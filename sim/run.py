@@ -27,7 +27,17 @@ from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
 from sim.central import CentralPost, Reading, load_public_pem
-from sim.controls import HELP, Controls
+from sim.commander import (
+    Commander,
+    init_central_keys,
+    install_trust,
+    jsonable,
+    load_key,
+    make_command,
+    parse_value,
+    write_central_config,
+)
+from sim.controls import COMMAND_HELP, HELP, Controls
 from sim.proxy import LinkProxy
 
 GATEWAY_ID = "cab-sim-0001"
@@ -67,6 +77,56 @@ def ensure_keys(data: Path) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def ensure_central(data: Path, broker_url: str) -> Path:
+    """The central post's keys in DATA/central (created once), its trust store installed
+    on the simulated gateway, and DATA/central/central.toml for `armoire central send`."""
+    central_dir = data / "central"
+    if not (central_dir / "root.key").exists():
+        init_central_keys(central_dir)
+    install_trust(central_dir, data)
+    write_central_config(
+        central_dir, broker=broker_url, gateways={GATEWAY_ID: data / "gateway.pub"}
+    )
+    return central_dir
+
+
+async def typed_command(commander: Commander, text: str) -> str:
+    """Run a command typed in the live view: ``write POINT VALUE [prio N] [hold S]``,
+    ``relinquish POINT [prio N]`` or ``action NAME``; returns a line describing the Ack."""
+    words = text.split()
+    options: dict[str, int] = {}
+    while len(words) >= 2 and words[-2] in ("prio", "hold") and words[-1].isdigit():
+        options[words[-2]] = int(words[-1])
+        words = words[:-2]
+    match words:
+        case ["write", point, value]:
+            fields: dict[str, Any] = {"point": point, "value": parse_value(value)}
+        case ["relinquish", point]:
+            fields = {"point": point}
+        case ["action", name]:
+            fields = {"name": name}
+        case _:
+            return f"not understood: {text!r} (write POINT VALUE · relinquish POINT · action NAME)"
+    body = make_command(
+        gw=GATEWAY_ID,
+        op=words[0],
+        now_ms=int(time.time() * 1000),
+        prio=options.get("prio"),
+        hold=options.get("hold"),
+        **fields,
+    )
+    try:
+        ack = await commander.send(GATEWAY_ID, body)
+    except TimeoutError:
+        return f"{text}: no Ack within the timeout"
+    result = ack["status"]
+    if "reason" in ack:
+        result += f" ({ack['reason']})"
+    if "value" in ack:
+        result += f", value {json.dumps(jsonable(ack['value']))}"
+    return f"{text}: {result}"
 
 
 def agent_config(
@@ -215,10 +275,17 @@ class View:
             *self._device_lines(central, cabinet),
             "",
             HELP if self.controls is not None and sys.stdin.isatty() else "Ctrl-C to stop.",
-            self.controls.last if self.controls is not None else "",
+            *self._command_lines(),
         ]
         self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         self.out.flush()
+
+    def _command_lines(self) -> list[str]:
+        if self.controls is None:
+            return []
+        if self.controls.typing is not None:
+            return [COMMAND_HELP, f": {self.controls.typing}_"]
+        return [self.controls.last]
 
     def _device_lines(self, central: CentralPost, cabinet: Cabinet) -> Iterator[str]:
         by_device: dict[str, dict[str, Reading]] = {}
@@ -273,10 +340,14 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             )
         )
         ensure_keys(data)
+        central_dir = ensure_central(data, broker_url)
         config = data / "agent.toml"
         config.write_text(agent_config(cabinet, link.url))
         central = await stack.enter_async_context(
             CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
+        )
+        commander = await stack.enter_async_context(
+            Commander(central, broker_url, load_key(central_dir / "operator.key"))
         )
         agent: AgentProcess | None = None
         if options.agent:
@@ -289,7 +360,13 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                 flush=True,
             )
         view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
-        controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=stop.set)
+        controls = Controls(
+            cabinet=cabinet,
+            link=link,
+            broker=broker,
+            quit=stop.set,
+            send=lambda text: typed_command(commander, text),
+        )
         view.controls = controls
         async with asyncio.TaskGroup() as tg:
             model = tg.create_task(cabinet.run(), name="sim.cabinet")

@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from agent.clock import SystemClock
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
+from sim.central import CentralPost, load_public_pem
 from sim.commander import (
     Commander,
     init_central_keys,
@@ -16,11 +21,6 @@ from sim.commander import (
     load_key,
     write_central_config,
 )
-
-from agent.clock import SystemClock
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
 from sim.proxy import LinkProxy
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 

@@ -30,6 +30,7 @@ def _expected_points(site: Site) -> set[str]:
             "current_l1", "current_l2", "current_l3", "power", "energy",
         ],
         "env-sensor": ["temperature", "humidity"],
+        "contactor": ["command", "closed", "operations"],
     }  # fmt: skip
     return {f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]}
 
@@ -42,7 +43,7 @@ def _latest(site: Site, point: str) -> tuple[object, int] | None:
 async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     """The control room would be missing values from the cabinet, or see unverifiable ones."""
     expected = _expected_points(site)
-    assert len(expected) == 66
+    assert len(expected) == 69
     await site.central.wait_for(lambda c: expected <= _points_seen(c, site.gw), WAIT_S)
     assert site.central.stats()["rejected"] == 0, site.central.rejections
     # Values are the simulated devices' values, with good quality.
@@ -130,7 +131,7 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
     last = json.loads(out.decode().strip().splitlines()[-1])
     assert set(last) == {"published", "verified", "rejected", "points", "readings"}
     assert last["rejected"] == 0
-    assert last["points"] == 66
+    assert last["points"] == 69
     assert last["verified"] == last["published"] > 0
     # The keys stay in the data folder, and `armoire keys show` prints them.
     show = await asyncio.create_subprocess_exec(

@@ -74,6 +74,11 @@ def decode_env(inputs: list[int]) -> dict[str, Any]:
     return {"temperature": _s16(inputs[0]) / 10, "humidity": inputs[1] / 10}
 
 
+def decode_contactor(holding: list[int], inputs: list[int]) -> dict[str, Any]:
+    """Contactor manual: HR 0 command 0/1; IR 0 closed 0/1, IR 1 u16 operations."""
+    return {"command": bool(holding[0]), "closed": bool(inputs[0]), "operations": inputs[1]}
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -137,6 +142,11 @@ async def test_registers__every_point_decodes_to_snapshot(
                 got = decode_meter(await read_inputs(client, device.unit, 16))
             case "env-sensor":
                 got = decode_env(await read_inputs(client, device.unit, 2))
+            case "contactor":
+                got = decode_contactor(
+                    await read_holding(client, device.unit, 1),
+                    await read_inputs(client, device.unit, 2),
+                )
             case other:
                 raise AssertionError(f"unexpected model {other}")
         assert got == device.snapshot(), name
@@ -315,6 +325,7 @@ def test_cabinet__device_table_lists_every_device() -> None:
         {"name": "lamp-02", "model": "lamp-ctl", "unit": 2},
         {"name": "meter", "model": "meter-3ph", "unit": 20},
         {"name": "env", "model": "env-sensor", "unit": 30},
+        {"name": "contactor", "model": "contactor", "unit": 40},
     ]
 
 
