@@ -17,6 +17,7 @@ from agent.arbiter import DeviceWriteError
 from agent.clock import Clock, wall_ms
 from agent.config import DeviceConfig, PollingConfig
 from agent.points import Points, Quality, Sample, Value
+from drivers.bus_lock import URGENT
 from drivers.modbus.codec import (
     ReadHoldingRegisters,
     ReadInputRegisters,
@@ -141,7 +142,7 @@ class DevicePoller:
         )
         full = self._name(spec)
         try:
-            await self._transport.transact(request)
+            await self._transport.transact(request, priority=URGENT)
         except (RemoteProtocolError, OSError) as exc:
             last = self._points.get(full)
             self._points.update(
@@ -205,8 +206,13 @@ class DevicePoller:
         backoff: float = min(period * 2.0 ** min(excess + 1, 20), self._polling.backoff_max)
         return max(period, backoff * (1 + self._rng.uniform(-JITTER, JITTER)))
 
-    async def run(self) -> None:
-        """Poll forever at a fixed rate (deadline based, no drift)."""
+    async def run(self, *, offset: float = 0.0) -> None:
+        """Poll forever at a fixed rate (deadline based, no drift).
+
+        ``offset`` delays the first poll, so devices sharing a line and a period
+        are spread over it instead of all queueing at the same instant.
+        """
+        await self._clock.sleep(offset)
         deadline = self._clock.monotonic()
         while True:
             await self.poll_once()

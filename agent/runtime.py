@@ -8,6 +8,7 @@ gets a short chance to drain before the process exits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -354,7 +355,15 @@ class Agent:
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
                 ]
-                others += [run(f"driver[{p.device.name}].poll", p.run) for p in self.pollers]
+                # Spread the first polls of a line's devices over their period.
+                n = max(1, len(self.pollers))
+                others += [
+                    run(
+                        f"driver[{p.device.name}].poll",
+                        functools.partial(p.run, offset=p.device.poll * i / n),
+                    )
+                    for i, p in enumerate(self.pollers)
+                ]
                 await stop.wait()
                 for task in others:
                     task.cancel()

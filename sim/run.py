@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ LINE_ROLE = "rs485_1"
 # How long the agent gets to stop cleanly (flush, drain) before it is killed.
 AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
+# Seconds over which the view's readings/s is averaged.
+RATE_WINDOW = 15.0
 POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
 
 
@@ -227,15 +230,18 @@ class View:
         self.broker = broker
         self.tty = out.isatty()
         self.started = time.monotonic()
-        self._last = (time.monotonic(), 0)
+        self._samples: deque[tuple[float, int]] = deque()
         self.rate = 0.0
 
     def sample_rate(self, readings: int) -> None:
+        # Over the last RATE_WINDOW seconds: telemetry arrives in batches a few
+        # seconds apart, so a one-second rate would flicker between 0 and a burst.
         now = time.monotonic()
-        t0, n0 = self._last
-        if now - t0 >= 1.0:
-            self.rate = (readings - n0) / (now - t0)
-            self._last = (now, readings)
+        self._samples.append((now, readings))
+        while self._samples and now - self._samples[0][0] > RATE_WINDOW:
+            self._samples.popleft()
+        t0, n0 = self._samples[0]
+        self.rate = (readings - n0) / (now - t0) if now > t0 else 0.0
 
     def render(
         self, central: CentralPost, agent: AgentProcess | None, cabinet: Cabinet, link: LinkProxy

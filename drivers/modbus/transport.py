@@ -28,6 +28,7 @@ from typing import Final, Self
 import serial
 import serial_asyncio_fast
 
+from drivers.bus_lock import ROUTINE, PriorityLock
 from drivers.modbus.codec import (
     NEED_DATA,
     CrcError,
@@ -160,7 +161,7 @@ class RtuTransport:
         self._response_timeout = response_timeout
         self._gap = inter_frame_gap(baudrate)
         self._char_time = BITS_PER_CHARACTER / baudrate
-        self._lock = asyncio.Lock()
+        self._lock = PriorityLock()
         self._transport: asyncio.Transport | None = None
         self._line: _Line | None = None
         # When the last byte we wrote is expected to have left the wire.
@@ -298,13 +299,13 @@ class RtuTransport:
             stats["discarded_bytes"] += self._line.discarded_bytes
         return stats
 
-    async def transact(self, request: Request) -> Response:
+    async def transact(self, request: Request, *, priority: int = ROUTINE) -> Response:
         """Send ``request`` and return the device's validated reply.
 
-        Concurrent calls are served one after the other, in the order they
-        took the line's lock.
+        Concurrent calls are served one after the other: by ``priority``
+        (``URGENT`` writes before ``ROUTINE`` polls), then in arrival order.
         """
-        async with self._lock:
+        async with self._lock.hold(priority):
             transport, line = self._transport, self._line
             if transport is None or line is None:
                 raise LocalProtocolError(f"{self._port} is not open")
