@@ -26,7 +26,15 @@ from agent.outbox import Outbox
 from agent.points import Value
 from agent.security.cose import Signer, decode_envelope
 from agent.security.trust import TrustStore
-from sim.commander import init_central_keys, install_trust, load_key, make_command, sign
+from sim.commander import (
+    init_central_keys,
+    install_trust,
+    load_key,
+    make_command,
+    public_raw,
+    sign,
+    sign_trust_update,
+)
 
 GW = "cab-0001"
 CMD = f"armoire/v1/{GW}/cmd"
@@ -72,7 +80,7 @@ def rig(tmp_path: Path) -> Rig:
     central = tmp_path / "central"
     init_central_keys(central)
     install_trust(central, tmp_path)
-    keys = {name: load_key(central / f"{name}.key") for name in ("operator", "maintenance")}
+    keys = {name: load_key(central / f"{name}.key") for name in ("root", "operator", "maintenance")}
     keys["stranger"] = Ed25519PrivateKey.generate()
     clock = FakeClock(wall=1_800_000_000.0)
     outbox = Outbox.open(tmp_path / "data", clock)
@@ -266,3 +274,31 @@ def test_downlink__any_flipped_bit_is_rejected(rig: Rig, position: int, bit: int
     acks, _ = rig.messages()
     assert all(a["status"] == "rejected" for a in acks)
     assert rig.device_writes == []
+
+
+async def test_downlink__trust_update_by_root_adds_an_admin_key(rig: Rig, tmp_path: Path) -> None:
+    """The control room could not rotate keys or grant a higher role without a site visit,
+    or anyone could."""
+    admin = Ed25519PrivateKey.generate()
+    rig.keys["admin"] = admin
+    entries = [
+        {"pub": public_raw(rig.keys["operator"]), "roles": ["operator"]},
+        {"pub": public_raw(admin), "roles": ["admin"]},
+    ]
+    trust = f"armoire/v1/{GW}/trust"
+    # Signed by the operator key instead of the root: refused, audited.
+    forged = sign_trust_update(rig.keys["operator"], serial=5, keys=entries, now_ms=rig.now())
+    await rig.downlink.handle(trust, forged)
+    update = sign_trust_update(rig.keys["root"], serial=5, keys=entries, now_ms=rig.now())
+    await rig.downlink.handle(trust, update)
+    # Replaying an older (or the same) serial is refused.
+    await rig.downlink.handle(trust, update)
+    _, audits = rig.messages()
+    assert [a["code"] for a in audits] == ["trust.rejected", "trust.updated", "trust.rejected"]
+    assert audits[2]["data"]["reason"] == "replay"
+    # The new admin key may act at a fail-safe level; the update is on disk.
+    _body, payload = rig.command(key="admin", prio=3, value=0)
+    await rig.downlink.handle(CMD, payload)
+    (ack,), _ = rig.messages()
+    assert (ack["status"], ack["value"]) == ("done", 0)
+    assert TrustStore.load(tmp_path, gw=GW).serial == 5
