@@ -302,7 +302,7 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
         batch_interval=sec.number("batch_interval", 0.05, 60, default=1.0),
         # Longest a committed reading waits to be sealed into a signed Telemetry message:
         # fewer, larger messages share the envelope (~130 B) over more readings.
-        telemetry_delay=sec.number("telemetry_delay", 0.05, 3600, default=5.0),
+        telemetry_delay=sec.number("telemetry_delay", 0.05, 3600, default=10.0),
         batch_max=sec.integer("batch_max", 1, 10_000, default=500),
         # Fractions of a MiB are allowed so tests can fill an outbox quickly.
         capacity_bytes=int(sec.number("capacity_mb", 0.001, 1_000_000, default=512) * MIB),

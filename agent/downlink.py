@@ -22,6 +22,7 @@ from typing import Any, cast
 from agent.arbiter import Arbiter, ArbiterError, DeviceWriteError
 from agent.clock import Clock, wall_ms
 from agent.commands import Command, CommandVerifier, Rejected
+from agent.events import Events
 from agent.messages import MessageFactory, Severity, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.points import Value
@@ -54,6 +55,7 @@ class Downlink:
         arbiter: Arbiter,
         outbox: Outbox,
         factory: MessageFactory,
+        events: Events,
         clock: Clock,
         holds: Holds,
         check_value: ValueCheck,
@@ -65,6 +67,7 @@ class Downlink:
         self._arbiter = arbiter
         self._outbox = outbox
         self._factory = factory
+        self._events = events
         self._clock = clock
         self._holds = holds
         self._check_value = check_value
@@ -155,8 +158,7 @@ class Downlink:
             what["value"] = cmd.value
         if cmd.hold is not None:
             what["hold"] = cmd.hold
-        audit = self._audit(
-            t_ms,
+        audit = self._events.audit(
             code="cmd.done" if status == "done" else "cmd.failed",
             severity=Severity.NOTICE if status == "done" else Severity.WARNING,
             msg=f"{cmd.op} {cmd.point or cmd.name or ''} by {cmd.role}: {status}"
@@ -189,8 +191,7 @@ class Downlink:
         else:
             self.counts["dropped"] += 1
         items.append(
-            self._audit(
-                now,
+            self._events.audit(
                 code="cmd.rejected",
                 severity=Severity.WARNING,
                 msg=f"command rejected: {rejected.reason}: {rejected.detail}"[:200],
@@ -209,32 +210,6 @@ class Downlink:
             topic=topic(self.gw, Topic.ACK),
             build=lambda seq: self._factory.ack(
                 seq, t_ms=t_ms, cmd=cmd_id, status=status, reason=reason, **extra
-            ),
-        )
-
-    def _audit(
-        self,
-        t_ms: int,
-        *,
-        code: str,
-        severity: Severity,
-        msg: str,
-        data: Mapping[str, Any],
-        src: str | None = None,
-    ) -> Pending:
-        return Pending(
-            cls=MsgClass.AUDIT,
-            topic=topic(self.gw, Topic.EVT),
-            build=lambda seq: self._factory.event(
-                seq,
-                t_ms=t_ms,
-                kind="audit",
-                code=code,
-                severity=severity,
-                state="info",
-                src=src,
-                msg=msg,
-                data=data,
             ),
         )
 
@@ -258,4 +233,4 @@ class Downlink:
                 data = {"serial": store.serial, "keys": [k.hex() for k in store.keys]}
                 code, severity, msg = "trust.updated", Severity.NOTICE, "trust store replaced"
         log.warning("%s: %s", msg, data)
-        self._outbox.append(self._audit(now, code=code, severity=severity, msg=msg, data=data))
+        self._outbox.append(self._events.audit(code=code, severity=severity, msg=msg, data=data))

@@ -6,7 +6,7 @@ central post can tell "steady" from "silent" (DESIGN.md, "Reporter").
 
 Two clocks drive the batching. Every ``batch_interval`` (default 1 s) the new
 readings are group-committed to the outbox's staging table: that bounds what a
-power cut can cost. At most every ``telemetry_delay`` (default 5 s), or as soon
+power cut can cost. At most every ``telemetry_delay`` (default 10 s), or as soon
 as ``batch_max`` readings wait, the staged readings are sealed into signed
 Telemetry messages: a message's envelope and header (~130 bytes) are then
 shared by many readings instead of the few of one second (bench/outbox.py).

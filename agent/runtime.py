@@ -24,10 +24,11 @@ from agent.clock import Clock, SystemClock, wall_ms
 from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
-from agent.messages import MessageFactory, Severity, Topic, topic
-from agent.outbox import Evictions, MsgClass, Outbox, Pending
+from agent.events import Events
+from agent.messages import MessageFactory, Topic
+from agent.outbox import Outbox
 from agent.points import Points, Value
-from agent.polling import DevicePoller, LinkState
+from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
@@ -67,8 +68,11 @@ class Agent:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
-        self.outbox.eviction_reporter = self._evicted
         self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
+        self.events = Events(
+            gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
+        )
+        self.outbox.eviction_reporter = self.events.evicted
         self.points = Points()
         specs = config.points()
         self.reporter = Reporter(
@@ -106,7 +110,7 @@ class Agent:
                     points=self.points,
                     clock=clock,
                     polling=config.polling,
-                    on_link_change=self._on_link_change,
+                    on_link_change=self.events.device_link,
                     assume_failed=("device.comm_fail", device.name) in failed,
                 )
             )
@@ -126,6 +130,7 @@ class Agent:
             arbiter=self.arbiter,
             outbox=self.outbox,
             factory=self.factory,
+            events=self.events,
             clock=clock,
             holds=Holds(
                 default=config.commands.hold_default,
@@ -195,109 +200,6 @@ class Agent:
             results[poller.device.name] = "ok" if await poller.poll_once() else "no-answer"
         return {"devices": results}
 
-    def _event(
-        self,
-        cls: MsgClass,
-        *,
-        code: str,
-        severity: Severity,
-        state: str,
-        kind: str | None = None,
-        **kw: Any,
-    ) -> Pending:
-        """An Event to append; its wire ``kind`` follows its class unless given."""
-        if kind is None:
-            kind = cls.value if cls in (MsgClass.ALARM, MsgClass.AUDIT) else "event"
-        t_ms = wall_ms(self.clock)
-        return Pending(
-            cls=cls,
-            topic=topic(self.config.gateway, Topic.EVT),
-            build=lambda seq: self.factory.event(
-                seq, t_ms=t_ms, kind=kind, code=code, severity=severity, state=state, **kw
-            ),
-        )
-
-    def event(self, cls: MsgClass, *, code: str, severity: Severity, state: str, **kw: Any) -> int:
-        """Append an Event durably (committed when this returns) and return its seq."""
-        return self.outbox.append(self._event(cls, code=code, severity=severity, state=state, **kw))
-
-    def _evicted(self, seq: int, evictions: Evictions) -> Pending:
-        # Kept with the audit records: it explains the gap the central post will see.
-        return self._event(
-            MsgClass.AUDIT,
-            kind="event",
-            code="outbox.evicted",
-            severity=Severity.WARNING,
-            state="info",
-            msg=f"outbox full: {evictions.readings} readings evicted",
-            data={
-                "ranges": evictions.ranges,
-                "messages": evictions.messages,
-                "readings": evictions.readings,
-                "bytes": evictions.bytes,
-            },
-        )
-
-    def _on_link_change(self, device: str, state: LinkState) -> None:
-        code = "device.comm_fail"
-        if state is LinkState.COMM_FAIL:
-            item = self._event(
-                MsgClass.ALARM,
-                code=code,
-                severity=Severity.ERROR,
-                state="raised",
-                src=device,
-                msg=f"{device} does not answer",
-            )
-            self.outbox.raise_alarm(item, code=code, src=device)
-        elif state is LinkState.ONLINE:
-            item = self._event(
-                MsgClass.ALARM,
-                code=code,
-                severity=Severity.NOTICE,
-                state="cleared",
-                src=device,
-                msg=f"{device} answers again",
-            )
-            self.outbox.clear_alarm(item, code=code, src=device)
-
-    def _startup_events(self) -> None:
-        boot = self.outbox.boot
-        self.event(
-            MsgClass.EVENT,
-            code="agent.start",
-            severity=Severity.NOTICE,
-            state="info",
-            msg=f"armoire {__version__} boot {boot}",
-            data={"version": __version__, "boot": boot},
-        )
-        now = wall_ms(self.clock)
-        # What a crash or power cut cost: readings taken after the last commit.
-        self.outbox.report_unclean(
-            lambda prev: self._event(
-                MsgClass.EVENT,
-                code="agent.unclean_stop",
-                severity=Severity.WARNING,
-                state="info",
-                msg=f"boot {prev.boot} ended without a clean stop",
-                data={
-                    "boot": prev.boot,
-                    "last_commit": prev.last_commit_ms,
-                    "gap_ms": max(0, now - prev.last_commit_ms) if prev.last_commit_ms else 0,
-                },
-            )
-        )
-        if self.outbox.recovery is not None:
-            rec = self.outbox.recovery
-            self.event(
-                MsgClass.ALARM,
-                code="outbox.corrupt",
-                severity=Severity.CRITICAL,
-                state="raised",
-                msg=f"outbox database unusable, moved to {rec.moved_to}; a new one was created",
-                data={"error": rec.error, "moved_to": rec.moved_to, "seq_from": rec.seq_from},
-            )
-
     def status(self) -> dict[str, Any]:
         return {
             "gw": self.config.gateway,
@@ -337,7 +239,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         await self._open_lines()
-        self._startup_events()
+        self.events.startup(version=__version__)
         # After a restart the priority arrays are empty: devices go back to their
         # defaults, so no hold ever outlives the agent.
         failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}

@@ -106,8 +106,8 @@ def main() -> int:
     args = parser.parse_args()
     result = asyncio.run(measure(args.warmup, args.seconds))
     print(
-        f"agent over {result['window_s']} s of steady state (default scenario, 10 devices, "
-        f"66 points):\n"
+        f"agent over {result['window_s']} s of steady state (default scenario: 8 lamps, "
+        f"a meter, an environment sensor, a contactor; 69 points):\n"
         f"  resident memory  {result['agent_rss_mb']} MB (peak {result['agent_peak_rss_mb']} MB)\n"
         f"  CPU              {result['agent_cpu_pct']} % of one core\n"
         f"  readings/s       {result['readings_per_s_published']} published, "

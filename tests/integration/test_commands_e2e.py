@@ -56,7 +56,10 @@ async def test_commands__cli_dims_a_lamp_until_the_hold_lapses(site: Site) -> No
     assert ack["status"] == "done"
     assert ack["value"] == 40
     assert site.cabinet.snapshot()["lamp-03"]["level"] == 40  # the device took it
-    await site.central.wait_for(lambda c: _latest(site, "lamp-03/level") == 40, WAIT_S)
+    # Telemetry shows it (readings are batched, so look at every reading, not the latest).
+    await site.central.wait_for(
+        lambda c: any(r.point == "lamp-03/level" and r.value == 40 for r in c.readings), WAIT_S
+    )
     audit = _audits(site.central, ack["cmd"])
     assert audit[0]["data"]["role"] == "operator"
     assert audit[0]["data"]["status"] == "done"

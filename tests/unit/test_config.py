@@ -107,7 +107,7 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
     assert config.storage == StorageConfig(
         data_dir=FIXTURES / "data",
         batch_interval=1.0,
-        telemetry_delay=5.0,
+        telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=64 * 2**20,
     )
@@ -156,7 +156,7 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
     assert config.storage == StorageConfig(
         data_dir=workdir / "data",
         batch_interval=1.0,
-        telemetry_delay=5.0,
+        telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=512 * 2**20,
     )

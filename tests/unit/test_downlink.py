@@ -21,6 +21,7 @@ from agent.arbiter import Arbiter, DeviceWriteError
 from agent.clock import FakeClock, wall_ms
 from agent.commands import DEFAULT_POLICIES, CommandVerifier
 from agent.downlink import Downlink, Holds
+from agent.events import Events
 from agent.messages import MessageFactory
 from agent.outbox import Outbox
 from agent.points import Value
@@ -108,12 +109,14 @@ def rig(tmp_path: Path) -> Rig:
     async def ping(cmd: Any) -> Any:
         return {"pong": True}
 
+    factory = MessageFactory(gw=GW, boot=outbox.boot, signer=Signer(keys["stranger"]))
     downlink = Downlink(
         gw=GW,
         verifier=verifier,
         arbiter=arbiter,
         outbox=outbox,
-        factory=MessageFactory(gw=GW, boot=outbox.boot, signer=Signer(keys["stranger"])),
+        factory=factory,
+        events=Events(gw=GW, factory=factory, outbox=outbox, clock=clock),
         clock=clock,
         holds=Holds(default=600, maximum=3600, skew_s=30),
         check_value=lambda p, v: (
