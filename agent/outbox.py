@@ -30,12 +30,13 @@ was ever sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -296,8 +297,7 @@ class Outbox:
             rows.append(_row(seq, item, t_ms))
             seq += 1
         added = sum(len(row[-1]) for row in rows)
-        self._begin()
-        try:
+        with self._transaction():
             self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             for sql, params in also:
                 self._db.execute(sql, params)
@@ -313,11 +313,6 @@ class Outbox:
             self._set_meta("next_seq", seq)
             self._set_meta("last_commit_ms", t_ms)
             self._reserve(seq)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._deletes_pending = 0
         self._next_seq = seq
         for row in rows:
             self._depth[MsgClass(row[2])] += 1
@@ -334,17 +329,11 @@ class Outbox:
         and is sealed by :meth:`seal`, in this boot or the next.
         """
         t_ms = wall_ms(self._clock)
-        self._begin()
-        try:
+        with self._transaction():
             self._db.execute(
                 "INSERT INTO staged (t_ms, readings, body) VALUES (?, ?, ?)", (t_ms, readings, body)
             )
             self._set_meta("last_commit_ms", t_ms)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._deletes_pending = 0
         self.staged_rows += 1
         self.staged_readings += readings
 
@@ -364,9 +353,8 @@ class Outbox:
         return seqs
 
     def _drop_staged(self, last_id: int) -> list[int]:
-        self._begin()
-        self._db.execute("DELETE FROM staged WHERE id <= ?", (last_id,))
-        self._db.execute("COMMIT")
+        with self._transaction():
+            self._db.execute("DELETE FROM staged WHERE id <= ?", (last_id,))
         return []
 
     @property
@@ -394,17 +382,11 @@ class Outbox:
         """Durably remember an accepted command id until ``until_ms`` (its exp + skew);
         forget the ids whose commands can no longer be valid."""
         now = wall_ms(self._clock)
-        self._begin()
-        try:
+        with self._transaction():
             self._db.execute("DELETE FROM seen_commands WHERE until_ms < ?", (now,))
             self._db.execute(
                 "INSERT OR REPLACE INTO seen_commands VALUES (?, ?)", (cmd_id, until_ms)
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._deletes_pending = 0
 
     @property
     def active_alarms(self) -> set[tuple[str, str]]:
@@ -522,10 +504,8 @@ class Outbox:
 
     def close(self) -> None:
         """Commit, mark the boot as cleanly ended, and close the file."""
-        self.flush()
-        self._begin()
-        self._set_meta("clean", 1)
-        self._db.execute("COMMIT")
+        with self._transaction():
+            self._set_meta("clean", 1)
         self._db.close()
 
     # -- internals --------------------------------------------------------
@@ -533,6 +513,18 @@ class Outbox:
     def _begin(self) -> None:
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One durable commit; pending lazy deletes ride along with it."""
+        self._begin()
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._deletes_pending = 0
 
     def _enforce_capacity(self, total: int) -> Evictions:
         evictions = Evictions()

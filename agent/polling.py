@@ -144,15 +144,7 @@ class DevicePoller:
         try:
             await self._transport.transact(request, priority=URGENT)
         except (RemoteProtocolError, OSError) as exc:
-            last = self._points.get(full)
-            self._points.update(
-                Sample(
-                    name=full,
-                    value=None if last is None else last.value,
-                    quality=Quality.COMM_FAIL,
-                    t_ms=wall_ms(self._clock),
-                )
-            )
+            self._mark_failed(spec, wall_ms(self._clock))
             raise DeviceWriteError(full, str(exc)) from exc
         self._points.update(
             Sample(
@@ -180,22 +172,26 @@ class DevicePoller:
             self._points_failed = True
             t_ms = wall_ms(self._clock)
             for spec in self.device.profile.points:
-                name = self._name(spec)
-                last = self._points.get(name)
-                self._points.update(
-                    Sample(
-                        name=name,
-                        value=None if last is None else last.value,
-                        quality=Quality.COMM_FAIL,
-                        t_ms=t_ms,
-                    )
-                )
+                self._mark_failed(spec, t_ms)
         changed = state is not self.state
         self.state = state
         if changed and state is LinkState.COMM_FAIL:
             log.warning("%s unreachable (%s)", self.device.name, exc)
             if self._on_link_change is not None:
                 self._on_link_change(self.device.name, state)
+
+    def _mark_failed(self, spec: PointSpec, t_ms: int) -> None:
+        # The last known value stays, flagged: the device did not confirm it.
+        name = self._name(spec)
+        last = self._points.get(name)
+        self._points.update(
+            Sample(
+                name=name,
+                value=None if last is None else last.value,
+                quality=Quality.COMM_FAIL,
+                t_ms=t_ms,
+            )
+        )
 
     def next_interval(self) -> float:
         """Seconds to the next poll: the period, or a jittered backoff while failed."""

@@ -15,7 +15,6 @@ import os
 import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -309,12 +308,3 @@ async def run_agent(config: Config, *, clock: Clock | None = None) -> None:
     )
     await agent.run(stop)
     log.info("stopped: %s", json.dumps(agent.uplink.statistics()))
-
-
-def data_status(data_dir: Path) -> dict[str, Any] | None:
-    """The last status.json an agent wrote in ``data_dir``, if any."""
-    try:
-        loaded: dict[str, Any] = json.loads((data_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return loaded
