@@ -15,7 +15,8 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, logsetup
+from agent.logsetup import DEFAULT_LEVEL, LEVELS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,9 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"armoire {__version__}")
     p.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (default INFO)",
+        choices=LEVELS,
+        help="log verbosity (default: the configuration's [log] level, else INFO)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -101,14 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logsetup.configure(args.log_level or DEFAULT_LEVEL)
     match args.command:
         case "run":
-            return _run(args.config)
+            return _run(args.config, args.log_level)
         case "check":
             return _check(args.config)
         case "keys":
@@ -138,12 +134,14 @@ def _check(path: Path) -> int:
     return EXIT_OK
 
 
-def _run(path: Path) -> int:
+def _run(path: Path, log_level: str | None) -> int:
     from agent.runtime import StartupError, run_agent
 
     config = _load(path)
     if config is None:
         return EXIT_USAGE
+    if log_level is None:  # the command line wins over the configuration
+        logsetup.configure(config.log.level)
     try:
         asyncio.run(run_agent(config))
     except StartupError as exc:

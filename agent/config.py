@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from agent.board import Board, BoardError, SerialPort, load_board
 from agent.commands import DEFAULT_POLICIES, OPS, RolePolicy
+from agent.logsetup import DEFAULT_LEVEL, LEVELS
 from agent.security.trust import ROLES
 from drivers.profile import (
     PointSpec,
@@ -130,6 +131,13 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """Logging (``[log]``, optional); ``--log-level`` on the command line wins over it."""
+
+    level: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """One field device: its driver, the serial port it hangs on, its unit address, its model."""
 
@@ -154,6 +162,7 @@ class Config:
     polling: PollingConfig
     commands: CommandsConfig
     devices: tuple[DeviceConfig, ...]
+    log: LogConfig
     digest: bytes
 
     def points(self) -> list[tuple[str, DeviceConfig, PointSpec]]:
@@ -184,6 +193,7 @@ def load_config(path: Path) -> Config:
     storage = _storage(root.table("storage"), here)
     polling = _polling(root.table("polling", required=False))
     commands = _commands(root.table("commands", required=False))
+    log_config = _log(root.table("log", required=False))
     devices = _devices(root.tables("devices", required=False), board, here)
     root.close()
     if problems.errors or board is None:
@@ -198,6 +208,7 @@ def load_config(path: Path) -> Config:
         polling=polling,
         commands=commands,
         devices=devices,
+        log=log_config,
         digest=b"",
     )
     return dataclasses.replace(config, digest=_digest(config))
@@ -314,6 +325,12 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
         )
     sec.close()
     return storage
+
+
+def _log(sec: Section) -> LogConfig:
+    log_config = LogConfig(level=sec.choice("level", LEVELS, default=DEFAULT_LEVEL))
+    sec.close()
+    return log_config
 
 
 def _polling(sec: Section) -> PollingConfig:

@@ -265,8 +265,7 @@ CASES = [
     ),
     pytest.param(
         BASE + '\n[logging]\nlevel = "debug"\n',
-        "logging: unknown key; known keys: board, commands, devices, gateway, polling, site, "
-        "storage, uplink",
+        'logging: unknown key; did you mean "log"?',
         id="unknown-table",
     ),
     pytest.param(
@@ -618,3 +617,18 @@ def test_load_config__commands_mistakes(workdir: Path, table: str, error: str) -
     """A wrong command setting is refused at start with its key path, not discovered in use."""
     errors = errors_of(BASE + "\n" + table)
     assert errors == [f"gateway.toml: {error}"]
+
+
+def test_load_config__log_level_default_and_setting(workdir: Path) -> None:
+    """Without [log] the agent logs at INFO; [log] level chooses another verbosity."""
+    assert load_text(BASE).log.level == "INFO"
+    assert load_text(BASE + '\n[log]\nlevel = "DEBUG"\n').log.level == "DEBUG"
+
+
+def test_load_config__log_level_mistake_suggests_the_level(workdir: Path) -> None:
+    """A mistyped level names the key and the level meant."""
+    errors = errors_of(BASE + '\n[log]\nlevel = "WARN"\n')
+    assert errors == [
+        'gateway.toml: log.level: expected one of "DEBUG", "INFO", "WARNING", "ERROR", '
+        'got "WARN"; did you mean "WARNING"?'
+    ]
