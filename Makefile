@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench install mosquitto clean
+.PHONY: demo test lint typecheck unit integration bench install mosquitto clean sim-image
 
 demo: install mosquitto
 	$(BIN)/armoire sim $(ARGS)
@@ -40,6 +40,11 @@ $(STAMP): setup.cfg pyproject.toml
 	@sh scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[sim,test]'
 	@touch $(STAMP)
+
+# The Dockerfile.sim image, built with podman (as root; minutes), then the demo and the
+# tests run inside it. Not part of `make test`.
+sim-image:
+	sh scripts/build-sim-image.sh --run
 
 mosquitto:
 	@sh scripts/ensure-mosquitto.sh
