@@ -18,11 +18,10 @@ store (the command verifier) swaps it. Verification of a trust update is pure
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from agent.security import cbor_strict
 from agent.security.cose import (
     KID_SIZE,
     MAX_MESSAGE_SIZE,
@@ -96,56 +96,18 @@ class BodyError(ValueError):
     """A signed body is not exactly one well-formed, untagged CBOR item (see `decode_body`)."""
 
 
-class _RefuseEveryTag(Mapping[int, Any]):
-    """``semantic_decoders`` that refuses every CBOR tag, including those cbor2 would otherwise
-    turn silently into plain values (2/3 bignums into int, 55799 and 28/29 into their content,
-    25/256 string references): no body of ours uses a tag, and a tagged value must not pass for
-    the plain one the schema asks for. cbor2 6.3 looks each tag up with ``[]``, so this mapping
-    answers for all of them (tests/unit/test_commands.py pins that behaviour)."""
-
-    def __getitem__(self, tag: int) -> Any:
-        return _refuse_tag
-
-    def __len__(self) -> int:
-        return 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-
-def _refuse_tag(*_: object) -> Any:
-    raise ValueError("CBOR tags are not allowed in a body")
-
-
-_NO_TAGS: Final = _RefuseEveryTag()
-
-
 def decode_body(data: bytes) -> Any:
-    """Decode a signed body strictly: exactly one CBOR item, no trailing bytes, no duplicate map
-    keys, map keys text or byte strings only, no tags, at most `MAX_BODY_DEPTH` levels.
+    """Decode a signed body strictly (`agent.security.cbor_strict`): exactly one CBOR item, no
+    trailing bytes, no duplicate map keys, map keys text or byte strings only, no tags (not even
+    bignums or self-described CBOR: a tagged value must not pass for the plain one the schema
+    asks for), at most `MAX_BODY_DEPTH` levels.
 
-    Maps come back as ``dict``, arrays as ``list``. Raises `BodyError` on anything else (cbor2
-    raises several exception types on hostile input; all become `BodyError`).
+    Maps come back as ``dict``, arrays as ``list``. Raises `BodyError` on anything else.
     """
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise BodyError(f"{len(data)} bytes, more than the {MAX_MESSAGE_SIZE} accepted")
-    stream = io.BytesIO(data)
     try:
-        item = cbor2.CBORDecoder(
-            stream,
-            max_depth=MAX_BODY_DEPTH,
-            allow_duplicate_keys=False,
-            # Only tstr/bstr keys: no integer/float/array keys crafted to collide in a dict.
-            strict_hashable_types=True,
-            semantic_decoders=_NO_TAGS,
-            tag_hook=_refuse_tag,
-        ).decode()
-    except Exception as exc:
-        raise BodyError(f"not valid CBOR ({str(exc)[:200]})") from exc
-    trailing = len(data) - stream.tell()
-    if trailing:
-        raise BodyError(f"{trailing} trailing bytes after the CBOR item")
-    return item
+        return cbor_strict.loads(data, max_size=MAX_MESSAGE_SIZE, max_depth=MAX_BODY_DEPTH)
+    except cbor_strict.CborError as exc:
+        raise BodyError(f"not accepted CBOR ({exc})") from exc
 
 
 def is_uint(value: object) -> bool:
