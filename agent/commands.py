@@ -10,7 +10,7 @@ Checks, in order, each failure with its own reason:
 1. size and COSE envelope ("bad-request"; "bad-signature" for another algorithm;
    "unknown-kid" for a missing or malformed kid);
 2. kid in the trust store, and the key inside its validity period ("unknown-kid");
-3. signature ("bad-signature");
+3. signature ("bad-signature"); everything above is unauthenticated, everything below is not;
 4. body: strict CBOR, exactly the CDDL ("bad-request");
 5. ``gw`` is this gateway ("wrong-gateway");
 6. time window: ``exp`` passed ("expired"); ``nbf`` or ``iat`` in the future ("not-yet-valid");
@@ -20,9 +20,10 @@ Checks, in order, each failure with its own reason:
    ("not-authorised");
 9. the point exists and is writable, the action exists ("bad-request").
 
-Even when the signature fails, the command id and gateway are read from the payload when they can
-be, so that the caller can acknowledge the refusal (PROTOCOL.md, "Sequence numbers", last
-paragraph).
+The body is decoded only after the signature verified: nothing of an unauthenticated payload is
+read but its envelope (PROTOCOL.md, "Unauthenticated input": such input gets no Ack, and a
+refusal says ``authenticated=False``). An authenticated refusal carries the id and gateway when
+the body has them, so that the caller can acknowledge it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias
 
-from agent.security.cose import CoseError, decode_envelope, decode_sign1_generic, verify
+from agent.security.cose import CoseError, decode_envelope, verify
 from agent.security.trust import (
     ROLES,
     BodyError,
@@ -95,9 +96,10 @@ class Rejected(Exception):
     """A command was refused. ``reason`` is a PROTOCOL.md reason code (see `REASONS`),
     ``detail`` says precisely what was wrong (for the audit record).
 
-    ``cmd_id`` and ``gw`` are set whenever they could be read from the payload, even from one
-    whose signature did not verify: PROTOCOL.md has a rejection acknowledged only if its id and
-    gw can be read and gw is this gateway. ``kid`` is the signer's kid once the envelope decoded.
+    ``authenticated`` is True once the signature verified against a trusted key: only then may
+    the refusal be acknowledged or audited individually (PROTOCOL.md, "Unauthenticated input"),
+    and only then are ``cmd_id`` and ``gw`` read from the body (when they can be). ``kid`` is the
+    kid the envelope names, once it decoded.
     """
 
     def __init__(
@@ -107,16 +109,37 @@ class Rejected(Exception):
         cmd_id: bytes | None = None,
         gw: str | None = None,
         kid: bytes | None = None,
+        *,
+        authenticated: bool = False,
     ) -> None:
-        super().__init__(reason, detail, cmd_id, gw, kid)  # all in args, so the error pickles
+        # All in args, so the error pickles (keyword-only arguments travel through __reduce__).
+        super().__init__(reason, detail, cmd_id, gw, kid, authenticated)
         self.reason: Reason = reason
         self.detail = detail
         self.cmd_id = cmd_id
         self.gw = gw
         self.kid = kid
+        self.authenticated = authenticated
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rejected,
+            (self.reason, self.detail, self.cmd_id, self.gw, self.kid, self.authenticated),
+        )
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+def _rejected(
+    reason: Reason,
+    detail: str,
+    cmd_id: bytes | None,
+    gw: str | None,
+    kid: bytes | None,
+    authenticated: bool,
+) -> Rejected:
+    return Rejected(reason, detail, cmd_id, gw, kid, authenticated=authenticated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,16 +344,6 @@ def _peek(body: object) -> tuple[bytes | None, str | None]:
     )
 
 
-def _peek_broken(data: bytes) -> tuple[bytes | None, str | None]:
-    """Best effort ``id``/``gw`` from a message whose envelope broke the profile (wrong alg,
-    bad kid, no tag): any failure just means "unreadable"."""
-    try:
-        payload = decode_sign1_generic(data, require_tag=False).payload
-        return _peek(decode_body(payload))
-    except Exception:
-        return None, None
-
-
 def _envelope_reason(cose_reason: str) -> Reason:
     match cose_reason:
         case "bad-alg":
@@ -390,74 +403,59 @@ class CommandVerifier:
         try:
             msg = decode_envelope(data)
         except CoseError as exc:
-            cmd_id, gw = _peek_broken(data)
             raise Rejected(
-                _envelope_reason(exc.reason), f"envelope {exc.reason}: {exc.message}", cmd_id, gw
+                _envelope_reason(exc.reason), f"envelope {exc.reason}: {exc.message}"
             ) from exc
         kid = msg.kid
-        # Decode the body now to read id/gw for the rejection; its errors count only once the
-        # signature has verified (the order of checks above).
-        body_error: BodyError | None = None
-        try:
-            body = decode_body(msg.payload)
-        except BodyError as exc:
-            body, body_error = None, exc
-        cmd_id, gw = _peek(body)
-
         key = self.trust.key(kid)
         if key is None:
             raise Rejected(
                 "unknown-kid",
                 f"kid {kid.hex()} is not in the trust store (serial {self.trust.serial})",
-                cmd_id,
-                gw,
-                kid,
+                kid=kid,
             )
         if not key.valid_at(now_ms, self._skew_ms):
             raise Rejected(
                 "unknown-kid",
                 f"key {kid.hex()} not valid at {now_ms} (nbf {key.nbf_ms}, exp {key.exp_ms})",
-                cmd_id,
-                gw,
-                kid,
+                kid=kid,
             )
         try:
             verify(msg, key.public_key)
         except CoseError as exc:
             raise Rejected(
-                "bad-signature", f"signature does not verify with key {kid.hex()}", cmd_id, gw, kid
+                "bad-signature", f"signature does not verify with key {kid.hex()}", kid=kid
             ) from exc
-        if body_error is not None:
-            raise Rejected("bad-request", f"body: {body_error}", cmd_id, gw, kid) from body_error
+        # Authenticated from here on: a trusted key signed these bytes. Only now is the body
+        # decoded, and its id and gw may be reported in a rejected Ack.
+        try:
+            body = decode_body(msg.payload)
+        except BodyError as exc:
+            raise Rejected("bad-request", f"body: {exc}", kid=kid, authenticated=True) from exc
+        cmd_id, gw = _peek(body)
+
+        def refuse(reason: Reason, detail: str) -> Rejected:
+            return Rejected(reason, detail, cmd_id, gw, kid, authenticated=True)
+
         try:
             cmd = _parse(body)
         except _Invalid as exc:
-            raise Rejected("bad-request", f"body: {exc}", cmd_id, gw, kid) from exc
+            raise refuse("bad-request", f"body: {exc}") from exc
 
         if cmd.gw != self.gw:
-            raise Rejected(
-                "wrong-gateway",
-                f"for gateway {_show(cmd.gw)}, this is {self.gw!r}",
-                cmd_id,
-                gw,
-                kid,
-            )
+            raise refuse("wrong-gateway", f"for gateway {_show(cmd.gw)}, this is {self.gw!r}")
         late = self._time_problem(cmd, now_ms)
         if late is not None:
-            raise Rejected(*late, cmd_id, gw, kid)
+            raise refuse(*late)
         if self._seen(cmd.id):
-            raise Rejected(
-                "replay", f"command {cmd.id.hex()} was already received", cmd_id, gw, kid
-            )
+            raise refuse("replay", f"command {cmd.id.hex()} was already received")
         role, refusals = self._authorise(cmd, key)
         if role is None:
-            raise Rejected("not-authorised", "; ".join(refusals), cmd_id, gw, kid)
+            raise refuse("not-authorised", "; ".join(refusals))
         if cmd.point is not None and not self._writable(cmd.point):
-            raise Rejected(
-                "bad-request", f"unknown or read-only point {cmd.point!r}", cmd_id, gw, kid
-            )
+            raise refuse("bad-request", f"unknown or read-only point {cmd.point!r}")
         if cmd.name is not None and cmd.name not in self._actions:
-            raise Rejected("bad-request", f"unknown action {_show(cmd.name)}", cmd_id, gw, kid)
+            raise refuse("bad-request", f"unknown action {_show(cmd.name)}")
         return Command(
             id=cmd.id,
             gw=cmd.gw,

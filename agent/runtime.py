@@ -139,6 +139,7 @@ class Agent:
             check_value=self._check_value,
             actions={"ping": self._ping, "selftest": self._selftest},
             data_dir=data_dir,
+            summary_interval=config.commands.unauthenticated_summary,
         )
         self.uplink = Uplink(
             config=config.uplink,
@@ -255,6 +256,7 @@ class Agent:
                     run("reporter", self.reporter.run),
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
+                    run("downlink.summaries", self.downlink.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
@@ -268,6 +270,7 @@ class Agent:
                 await stop.wait()
                 for task in others:
                     task.cancel()
+                self.downlink.flush_summaries()
                 self.reporter.flush()
                 await self._drain()
                 await self.uplink.farewell()

@@ -409,15 +409,35 @@ def _check_event(body: dict[str, Any]) -> None:
         if key in body:
             _tstr(body[key], f"Event.{key}")
     if "data" in body:
-        _any_map(body["data"], "Event.data")
+        data = _any_map(body["data"], "Event.data")
+        if body["code"] in UNAUTHENTICATED_CODES:
+            _check_unauthenticated(data)
+
+
+# PROTOCOL.md, "Unauthenticated input": the summary of what a gateway could not authenticate.
+UNAUTHENTICATED_CODES = ("cmd.unauthenticated", "trust.unauthenticated")
+
+
+def _check_unauthenticated(data: dict[str, Any]) -> None:
+    path = "Event.data"
+    _map(data, path, ("count", "reasons", "first", "last"), ("samples",))
+    _uint(data["count"], f"{path}.count")
+    for reason, n in _any_map(data["reasons"], f"{path}.reasons").items():
+        _uint(n, f"{path}.reasons[{reason!r}]")
+    if _uint(data["first"], f"{path}.first") > _uint(data["last"], f"{path}.last"):
+        _fail(f"{path}.first", "is after last")
+    for i, sample in enumerate(_array(data.get("samples", []), f"{path}.samples")):
+        if type(sample) is not bytes:
+            _fail(f"{path}.samples[{i}]", f"expected bstr, got {_show(sample)}")
 
 
 def _check_ack(body: dict[str, Any]) -> None:
     _uint(body["t"], "Ack.t")
     _bstr(body["cmd"], "Ack.cmd", COMMAND_ID_BYTES)
     _choice(body["status"], "Ack.status", ACK_STATUSES)
-    if "reason" in body:
-        _tstr(body["reason"], "Ack.reason")
+    for key in ("reason", "msg"):
+        if key in body:
+            _tstr(body[key], f"Ack.{key}")
 
 
 def _check_birth(body: dict[str, Any]) -> None:
@@ -440,7 +460,7 @@ def _check_death(body: dict[str, Any]) -> None:
 _BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, Any]], None]]] = {
     "Telemetry": (("t0", "r"), ("lost",), _check_telemetry),
     "Event": (("t", "kind", "code", "sev", "state"), ("src", "msg", "data"), _check_event),
-    "Ack": (("t", "cmd", "status"), ("reason", "value"), _check_ack),
+    "Ack": (("t", "cmd", "status"), ("reason", "msg", "value"), _check_ack),
     "Birth": (("t", "online", "agent", "config", "points"), (), _check_birth),
     "Death": (("t", "online"), (), _check_death),
 }

@@ -8,6 +8,8 @@ Two files in the gateway's data directory:
   COSE_Sign1 signed by the root key. It is re-verified against the root key at every start, so a
   file edited on disk is refused rather than trusted. Before the first update arrives there is
   no such file and the store holds no key (every command is refused as "unknown-kid").
+- ``trust.serial``: the highest serial ever applied. Should ``trust.cose`` be lost, updates up to
+  that serial are still refused as replays (an old update may list since-revoked keys).
 
 `TrustStore` is immutable: `TrustStore.apply_update` returns a new store, and whoever holds the
 store (the command verifier) swaps it. Verification of a trust update is pure
@@ -18,6 +20,7 @@ store (the command verifier) swaps it. Verification of a trust update is pure
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
@@ -49,6 +52,9 @@ from agent.security.keys import KeyFileError, load_public_key, public_raw
 ROLES: Final = ("operator", "maintenance", "admin")  # DESIGN.md, Security: roles of a key
 TRUST_ROOT: Final = "trust-root.pub"
 TRUST_FILE: Final = "trust.cose"
+# The highest serial ever applied, kept apart from trust.cose: if that file is lost, an older
+# root-signed update (which may list since-revoked keys) must still be refused as a replay.
+TRUST_SERIAL_FILE: Final = "trust.serial"
 TRUST_VERSION: Final = 1  # PROTOCOL.md, TrustUpdate: "v" => 1
 ANY_GATEWAY: Final = "*"  # PROTOCOL.md, TrustUpdate: "gw" => gw-id / "*"
 # Serial of a store that has no trust.cose yet: any uint serial is higher, so the first update
@@ -78,12 +84,17 @@ class TrustError(Exception):
     root key), "bad-request" (malformed or schema violation), "wrong-gateway", "replay" (serial
     not higher than the current one); or "not-provisioned" when ``trust-root.pub`` is missing or
     unreadable. ``message`` says precisely what was wrong.
+
+    ``authenticated`` is True when the update's root signature verified and a later check
+    refused it (schema, gateway, serial): only such refusals are audited one by one
+    (PROTOCOL.md, "Unauthenticated input").
     """
 
-    def __init__(self, reason: TrustReason, message: str) -> None:
-        super().__init__(reason, message)  # both in args, so the error pickles
+    def __init__(self, reason: TrustReason, message: str, authenticated: bool = False) -> None:
+        super().__init__(reason, message, authenticated)  # all in args, so the error pickles
         self.reason: TrustReason = reason
         self.message = message
+        self.authenticated = authenticated
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -277,7 +288,10 @@ def _verified_update(root: Ed25519PublicKey, root_kid: bytes, data: bytes) -> Tr
         verify(msg, root)
     except CoseError as exc:
         raise TrustError("bad-signature", "signature does not verify with the root key") from exc
-    return parse_trust_update(msg.payload)
+    try:
+        return parse_trust_update(msg.payload)
+    except TrustError as exc:
+        raise TrustError(exc.reason, exc.message, authenticated=True) from exc
 
 
 def _read_file(path: Path) -> bytes | None:
@@ -290,6 +304,14 @@ def _read_file(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OSError(f"{path}: not a regular file")
         return f.read(MAX_MESSAGE_SIZE + 1)
+
+
+def _read_serial(path: Path) -> int:
+    """The serial in ``trust.serial``, or `NO_SERIAL` if there is none or it is unreadable text
+    (its loss then only weakens replay protection back to what trust.cose says)."""
+    data = _read_file(path)
+    text = (data or b"").strip()
+    return int(text) if text.isdigit() and len(text) <= 20 else NO_SERIAL
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -366,18 +388,28 @@ class TrustStore:
         path = data_dir / TRUST_FILE
         try:
             data = _read_file(path)
+            highest = _read_serial(data_dir / TRUST_SERIAL_FILE)
         except OSError as exc:
-            raise TrustError("not-provisioned", f"{path}: cannot read: {exc}") from exc
+            raise TrustError("not-provisioned", f"{exc.filename}: cannot read: {exc}") from exc
         if data is None:
-            return store
+            # trust.cose lost (or never received): no key, but no going back below the highest
+            # serial this gateway ever applied.
+            return dataclasses.replace(store, serial=max(NO_SERIAL, highest))
         try:
-            return store.verify_update(data)
+            loaded = store.verify_update(data)
+            if loaded.serial < highest:
+                raise TrustError(
+                    "replay",
+                    f"serial {loaded.serial} is below {highest}, the highest ever applied "
+                    f"({TRUST_SERIAL_FILE}): an older update must not come back",
+                )
         except TrustError as exc:
             raise TrustError(
                 exc.reason,
                 f"{path}: {exc.message}; delete it and have the central post send a new trust "
                 f"update (or, if {TRUST_ROOT} is the wrong root key, provision the right one)",
             ) from exc
+        return loaded
 
     def key(self, kid: bytes) -> TrustedKey | None:
         """The trusted key with this kid, or None."""
@@ -398,11 +430,15 @@ class TrustStore:
         update = _verified_update(self.root_key, self.root_kid, data)
         if update.gw not in (self.gw, ANY_GATEWAY):
             raise TrustError(
-                "wrong-gateway", f"update is for gateway {update.gw!r}, this is {self.gw!r}"
+                "wrong-gateway",
+                f"update is for gateway {update.gw!r}, this is {self.gw!r}",
+                authenticated=True,
             )
         if update.serial <= self.serial:
             raise TrustError(
-                "replay", f"serial {update.serial} is not higher than the current {self.serial}"
+                "replay",
+                f"serial {update.serial} is not higher than the current {self.serial}",
+                authenticated=True,
             )
         return TrustStore(
             root_kid=self.root_kid,
@@ -414,9 +450,9 @@ class TrustStore:
         )
 
     def apply_update(self, data: bytes, *, data_dir: Path, now_ms: int) -> TrustStore:
-        """Verify a received TrustUpdate (`verify_update`), persist it as ``trust.cose``
-        atomically (temporary file, fsync, rename, fsync of the directory) and return the new
-        store. This store is left unchanged.
+        """Verify a received TrustUpdate (`verify_update`), persist it as ``trust.cose`` and its
+        serial as ``trust.serial``, each atomically (temporary file, fsync, rename, fsync of the
+        directory), and return the new store. This store is left unchanged.
 
         ``now_ms`` is not used for a decision: trust updates are ordered by serial, not by time,
         so a gateway whose clock is wrong can still be re-keyed. An ``OSError`` from writing
@@ -424,6 +460,9 @@ class TrustStore:
         """
         new = self.verify_update(data)
         _write_atomically(data_dir / TRUST_FILE, data)
+        # After trust.cose: a crash in between leaves the higher serial in trust.cose, which
+        # load() takes as the floor anyway.
+        _write_atomically(data_dir / TRUST_SERIAL_FILE, f"{new.serial}\n".encode())
         return new
 
 

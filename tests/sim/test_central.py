@@ -296,6 +296,26 @@ def ledger() -> Ledger:
     return Ledger({GW: raw(KEY)})
 
 
+# PROTOCOL.md, "Unauthenticated input": the data of a cmd.unauthenticated summary.
+SUMMARY = {
+    "count": 3,
+    "reasons": {"bad-signature": 2, "bad-request": 1},
+    "first": T0,
+    "last": T0 + 5,
+    "samples": [bytes(8)],
+}
+
+
+def test_ledger__accepts_unauthenticated_summaries_and_ack_detail() -> None:
+    """The control room would drop the gateway's junk summaries or its refusal details."""
+    book = ledger()
+    for seq, code in enumerate(("cmd.unauthenticated", "trust.unauthenticated"), start=1):
+        body = event(seq, kind="audit", code=code, sev=4, state="info", data=SUMMARY)
+        assert book.receive(topic("evt"), sign(body)) is Outcome.ACCEPTED
+    refusal = ack(3, status="rejected", reason="bad-request", msg="400 is outside 0..100")
+    assert book.receive(topic("ack"), sign(refusal)) is Outcome.ACCEPTED
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "reason"),
     [
@@ -319,6 +339,22 @@ def ledger() -> Ledger:
         ("evt", event(1, data={1: 2}), "schema: Event.data: key 1 is not a text string"),
         ("ack", ack(1, cmd=bytes(8)), "schema: Ack.cmd: expected bstr .size 16"),
         ("ack", ack(1, status="ok"), "schema: Ack.status: 'ok' not one of done"),
+        ("ack", ack(1, status="rejected", msg=5), "schema: Ack.msg: expected tstr"),
+        (
+            "evt",
+            event(1, code="cmd.unauthenticated", data={"count": 1, "reasons": {}}),
+            "schema: Event.data: missing key 'first'",
+        ),
+        (
+            "evt",
+            event(1, code="cmd.unauthenticated", data={**SUMMARY, "samples": ["ab"]}),
+            "schema: Event.data.samples[0]: expected bstr",
+        ),
+        (
+            "evt",
+            event(1, code="trust.unauthenticated", data={**SUMMARY, "reasons": {"x": -1}}),
+            "schema: Event.data.reasons['x']: expected uint",
+        ),
         ("state", birth(config=bytes(31)), "schema: Birth.config: expected bstr .size 32"),
         (
             "state",

@@ -324,25 +324,33 @@ REJECT_CASES: list[Any] = [
     # envelope
     case("size", _body(args={"blob": bytes(MAX_COMMAND_SIZE)}), BAD, "65536 accepted", UNREADABLE),
     case("junk", lambda: b"\xff\x00", BAD, "envelope malformed", UNREADABLE),
-    case("untagged", _envelope(tag=None), BAD, "envelope bad-tag"),
+    case("untagged", _envelope(tag=None), BAD, "envelope bad-tag", UNREADABLE),
     # Tag 98 is COSE_Sign, another structure: not read at all.
     case("wrong-tag", _envelope(tag=98), BAD, "envelope bad-tag", UNREADABLE),
-    case("es256-alg", _envelope(alg=-7), "bad-signature", "envelope bad-alg"),
-    case("no-kid", _envelope(protected_map={1: -8}), "unknown-kid", "envelope bad-kid"),
+    case("es256-alg", _envelope(alg=-7), "bad-signature", "envelope bad-alg", UNREADABLE),
+    case("no-kid", _envelope(protected_map={1: -8}), "unknown-kid", "envelope bad-kid", UNREADABLE),
     # signer
     case(
         "unknown-kid",
         lambda: signed(STRANGER),
         "unknown-kid",
         f"kid {kid(STRANGER).hex()} is not in the trust store (serial 1)",
+        UNREADABLE,
     ),
-    case("key-expired", lambda: signed(EXPIRED), "unknown-kid", f"not valid at {NOW}"),
-    case("key-not-yet-valid", lambda: signed(FUTURE), "unknown-kid", f"not valid at {NOW}"),
+    case("key-expired", lambda: signed(EXPIRED), "unknown-kid", f"not valid at {NOW}", UNREADABLE),
+    case(
+        "key-not-yet-valid",
+        lambda: signed(FUTURE),
+        "unknown-kid",
+        f"not valid at {NOW}",
+        UNREADABLE,
+    ),
     case(
         "forged-kid",
         lambda: sign1(STRANGER, cbor2.dumps(body()), kid_=kid(OPERATOR)),
         "bad-signature",
         "signature does not verify",
+        UNREADABLE,
     ),
     # body: strict CBOR
     case("trailing", _payload(cbor2.dumps(body()) + b"\x00"), BAD, "trailing bytes", UNREADABLE),
@@ -435,6 +443,10 @@ def test_check__each_refusal_has_its_reason(
     assert detail in error.detail
     assert (error.cmd_id, error.gw) == readable
     assert str(error) == f"{reason}: {error.detail}"
+    # Nothing is read from a payload whose signature did not verify with a trusted key.
+    unauthenticated = reason in ("unknown-kid", "bad-signature") or "envelope" in error.detail
+    unauthenticated = unauthenticated or "bytes, more than the" in error.detail  # oversized
+    assert error.authenticated is not unauthenticated
 
 
 def test_check__replay() -> None:
@@ -453,12 +465,13 @@ def test_rejected__pickles() -> None:
     """A refusal can cross a process boundary (e.g. to a log worker) intact."""
     error = rejected(signed(prio=8))
     copy = pickle.loads(pickle.dumps(error))
-    assert (copy.reason, copy.detail, copy.cmd_id, copy.gw, copy.kid) == (
+    assert (copy.reason, copy.detail, copy.cmd_id, copy.gw, copy.kid, copy.authenticated) == (
         error.reason,
         error.detail,
         error.cmd_id,
         error.gw,
         error.kid,
+        True,
     )
 
 

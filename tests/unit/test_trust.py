@@ -22,6 +22,7 @@ from agent.security.trust import (
     NO_SERIAL,
     TRUST_FILE,
     TRUST_ROOT,
+    TRUST_SERIAL_FILE,
     TrustedKey,
     TrustError,
     TrustStore,
@@ -188,7 +189,7 @@ def test_apply_update__higher_serial_is_persisted(
     assert reloaded == store4
     assert (data_dir / TRUST_FILE).read_bytes() == second  # stored exactly as received
     assert sorted(p.name for p in data_dir.iterdir()) == sorted(
-        [TRUST_FILE, TRUST_ROOT]
+        [TRUST_FILE, TRUST_ROOT, TRUST_SERIAL_FILE]
     )  # no temp file
 
 
@@ -208,6 +209,52 @@ def test_apply_update__serial_not_higher_is_a_replay(
     assert info.value.reason == "replay"
     assert f"serial {serial} is not higher than the current 3" in info.value.message
     assert (data_dir / TRUST_FILE).read_bytes() == before
+
+
+def test_load__lost_trust_file_still_refuses_older_updates(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """Losing trust.cose would let an attacker replay an old update listing a revoked key."""
+    old = sign1(root, cbor2.dumps(body(3, [entry(operator)])))
+    store = TrustStore.load(data_dir, gw=GW).apply_update(old, data_dir=data_dir, now_ms=T0)
+    store.apply_update(sign1(root, cbor2.dumps(body(4, []))), data_dir=data_dir, now_ms=T0)
+    (data_dir / TRUST_FILE).unlink()
+
+    reloaded = TrustStore.load(data_dir, gw=GW)
+    assert (reloaded.serial, dict(reloaded.keys)) == (4, {})
+    error = refused(reloaded, old)
+    assert (error.reason, error.authenticated) == ("replay", True)
+    newer = sign1(root, cbor2.dumps(body(5, [entry(operator)])))
+    assert reloaded.verify_update(newer).serial == 5
+
+
+def test_load__older_trust_file_put_back_is_refused(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """A backup of trust.cose restored over a newer one would bring revoked keys back."""
+    old = sign1(root, cbor2.dumps(body(3, [entry(operator)])))
+    store = TrustStore.load(data_dir, gw=GW).apply_update(old, data_dir=data_dir, now_ms=T0)
+    store.apply_update(sign1(root, cbor2.dumps(body(4, []))), data_dir=data_dir, now_ms=T0)
+    (data_dir / TRUST_FILE).write_bytes(old)
+    with pytest.raises(TrustError) as info:
+        TrustStore.load(data_dir, gw=GW)
+    assert info.value.reason == "replay"
+    assert "below 4, the highest ever applied" in info.value.message
+
+
+def test_verify_update__only_signed_refusals_are_authenticated(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """Junk on the trust topic would be audited one by one like a genuine refusal."""
+    store = TrustStore.load(data_dir, gw=GW)
+    assert refused(store, b"junk").authenticated is False
+    assert refused(store, sign1(operator, cbor2.dumps(body(1, [])))).authenticated is False
+    forged = sign1(operator, cbor2.dumps(body(1, [])), kid_=kid(root))
+    assert refused(store, forged).authenticated is False
+    bad_schema = sign1(root, cbor2.dumps({**body(1, []), "x": 1}))
+    assert refused(store, bad_schema).authenticated is True
+    other_gw = sign1(root, cbor2.dumps(body(1, [], gw="cab-9")))
+    assert refused(store, other_gw).authenticated is True
 
 
 def test_apply_update__first_update_may_have_serial_zero(
