@@ -75,9 +75,10 @@ COMMAND_VERSION: Final = 1  # PROTOCOL.md, Command: "v" => 1
 ID_SIZE: Final = 16  # PROTOCOL.md, Command: "id" => bstr .size 16
 PRIORITY_RANGE: Final = (1, 16)  # PROTOCOL.md, Command "prio" 1..16 (DESIGN.md, Arbiter)
 DEFAULT_PRIORITY: Final = 10  # PROTOCOL.md, Command: "default 10" (DESIGN.md: central post)
-# Largest command accepted. A command is a few hundred bytes even with action arguments; 64 KiB
-# is generous and bounds what a hostile payload costs before its signature is checked.
-MAX_COMMAND_SIZE: Final = 64 * 1024
+# Largest command accepted. A command is a few hundred bytes even with action arguments; 4 KiB
+# leaves room for structured arguments and bounds what a hostile payload costs before its
+# signature is checked (the same order as the largest legitimate command).
+MAX_COMMAND_SIZE: Final = 4 * 1024
 # PROTOCOL.md, Bodies: point = "device/point". One "/" between two non-empty parts; the exact
 # names are the configuration's business (``writable``).
 _POINT: Final = re.compile(r"[^/\s]{1,64}/[^/\s]{1,64}")

@@ -5,7 +5,9 @@ Will, the ``Birth`` is published retained, then the outbox is forwarded with a
 bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
 A lost link returns the in-flight records to the outbox and reconnects with
 capped, jittered exponential backoff. Incoming messages (commands) are handed
-to a handler.
+to a handler, one per loop turn, from a bounded queue: the broker may send
+nothing larger than `MAX_PACKET_SIZE` (declared at CONNECT), and a flood
+beyond `INCOMING_QUEUE` waiting messages is dropped and counted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ JITTER = 0.3
 
 # Shortest wait for a CONNACK, SUBACK or PUBACK, seconds (slow cellular links).
 MIN_OPERATION_TIMEOUT = 5.0
+
+# Largest MQTT packet the broker may send us, declared at CONNECT (MQTT 5 Maximum Packet Size):
+# the largest trust update we accept (agent.security.trust.MAX_TRUST_UPDATE_SIZE, 128 KiB) plus
+# room for the topic and properties. Commands are far smaller (4 KiB at most). The broker drops
+# a larger message instead of sending it, so a 100 MiB publish never reaches the gateway.
+MAX_PACKET_SIZE = 132 * 1024
+# Received messages waiting for the downlink. A flood beyond what the gateway handles is dropped
+# here (and counted) rather than queued without bound; a genuine command is a few per minute.
+INCOMING_QUEUE = 64
 
 # paho's own messages ("failed to receive on socket") under our name; the uplink
 # logs the link state itself, once per transition.
@@ -92,11 +103,13 @@ class Uplink:
         self.published_readings = 0
         self.online = asyncio.Event()
         self._client_now: aiomqtt.Client | None = None
+        self.incoming_dropped = 0  # messages discarded because the incoming queue was full
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = cfg.session_expiry
+        connect_props.MaximumPacketSize = MAX_PACKET_SIZE
         death = self._factory.death(self._outbox.last_seq, t_ms=wall_ms(self._clock))
         tls_context = None
         if cfg.tls:
@@ -121,6 +134,8 @@ class Uplink:
             timeout=max(MIN_OPERATION_TIMEOUT, float(cfg.keepalive)),
             logger=_mqtt_log,
             max_inflight_messages=self._window,
+            max_queued_incoming_messages=INCOMING_QUEUE,
+            queue_type=_counting_queue(self._dropped),
         )
         # aiomqtt warns beyond this many pending publishes; our window is deliberate.
         client.pending_calls_threshold = self._window
@@ -174,12 +189,24 @@ class Uplink:
             tg.create_task(self._forward(client), name="uplink.publish")
             tg.create_task(self._receive(client), name="uplink.receive")
 
+    def _dropped(self) -> None:
+        self.incoming_dropped += 1
+        if self.incoming_dropped in (1, 10) or self.incoming_dropped % 10_000 == 0:
+            log.warning(
+                "incoming MQTT flood: %d messages dropped so far (queue of %d full)",
+                self.incoming_dropped,
+                INCOMING_QUEUE,
+            )
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         # Iterating also notices a dead connection while nothing is published.
         async for message in client.messages:
             payload = message.payload
             if self._on_message is not None and isinstance(payload, bytes | bytearray):
                 await self._on_message(str(message.topic), bytes(payload))
+            # A queue that is never empty must not keep the loop from everything else
+            # (telemetry, holds lapsing, keepalive): one message per loop turn.
+            await self._clock.sleep(0)
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         inflight = 0
@@ -231,7 +258,20 @@ class Uplink:
             "connects": self.connects,
             "published": self.published,
             "published_readings": self.published_readings,
+            "incoming_dropped": self.incoming_dropped,
         }
+
+
+def _counting_queue(on_drop: Callable[[], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """The incoming queue class for aiomqtt: bounded, and it tells us when it discards."""
+
+    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            if self.full():
+                on_drop()  # aiomqtt catches the QueueFull below and discards the message
+            super().put_nowait(item)
+
+    return CountingQueue
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

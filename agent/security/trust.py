@@ -64,6 +64,8 @@ NO_SERIAL: Final = -1
 # desks, maintenance tokens, admins); the bound keeps a hostile-but-signed update from costing
 # much, and is far from the ~3,000 keys the 256 KiB message cap would allow.
 MAX_KEYS: Final = 1024
+# Largest TrustUpdate accepted: MAX_KEYS keys of ~90 bytes each fit; checked before decoding.
+MAX_TRUST_UPDATE_SIZE: Final = 128 * 1024
 # Deepest CBOR nesting of a received body: a Command is map > args map > value; a TrustUpdate is
 # map > keys array > key map > roles array. 8 leaves room for structured action arguments.
 MAX_BODY_DEPTH: Final = 8
@@ -265,6 +267,10 @@ def parse_trust_update(payload: bytes) -> TrustUpdate:
 
 def _verified_update(root: Ed25519PublicKey, root_kid: bytes, data: bytes) -> TrustUpdate:
     """Envelope, signer (the root key only) and signature, then the body schema."""
+    if len(data) > MAX_TRUST_UPDATE_SIZE:
+        raise TrustError(
+            "bad-request", f"{len(data)} bytes, more than the {MAX_TRUST_UPDATE_SIZE} accepted"
+        )
     try:
         msg = decode_envelope(data)
     except CoseError as exc:

@@ -322,7 +322,13 @@ def _envelope(**options: Any) -> Make:
 BAD = "bad-request"
 REJECT_CASES: list[Any] = [
     # envelope
-    case("size", _body(args={"blob": bytes(MAX_COMMAND_SIZE)}), BAD, "65536 accepted", UNREADABLE),
+    case(
+        "size",
+        _body(args={"blob": bytes(MAX_COMMAND_SIZE)}),
+        BAD,
+        f"{MAX_COMMAND_SIZE} accepted",
+        UNREADABLE,
+    ),
     case("junk", lambda: b"\xff\x00", BAD, "envelope malformed", UNREADABLE),
     case("untagged", _envelope(tag=None), BAD, "envelope bad-tag", UNREADABLE),
     # Tag 98 is COSE_Sign, another structure: not read at all.

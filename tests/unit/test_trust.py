@@ -19,6 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.security.trust import (
+    MAX_KEYS,
+    MAX_TRUST_UPDATE_SIZE,
     NO_SERIAL,
     TRUST_FILE,
     TRUST_ROOT,
@@ -29,6 +31,7 @@ from agent.security.trust import (
     parse_trust_update,
     sign_trust_update,
 )
+from agent.uplink import MAX_PACKET_SIZE
 
 GW = "cab-0001"
 T0 = 1_700_000_000_000  # ms
@@ -452,3 +455,22 @@ def test_verify_update__arbitrary_bytes_only_trust_error(data: bytes) -> None:
     store = TrustStore.empty(Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key(), gw=GW)
     with pytest.raises(TrustError):
         store.verify_update(data)
+
+
+def test_limits__largest_update_fits_the_size_and_packet_limits(
+    data_dir: Path, root: Ed25519PrivateKey
+) -> None:
+    """A central post listing the most keys allowed could never re-key the gateway."""
+    entries = [
+        entry(Ed25519PrivateKey.generate(), "operator", "maintenance", nbf=T0, exp=T0 * 2)
+        for _ in range(MAX_KEYS)
+    ]
+    data = sign1(root, cbor2.dumps(body(2**32, entries)))
+    assert len(data) <= MAX_TRUST_UPDATE_SIZE
+    assert TrustStore.load(data_dir, gw=GW).verify_update(data).serial == 2**32
+    # The MQTT Maximum Packet Size the gateway declares leaves room for it and its topic.
+    assert MAX_TRUST_UPDATE_SIZE + 1024 < MAX_PACKET_SIZE
+    too_big = sign1(root, cbor2.dumps(body(1, [], gw=GW) | {"pad": bytes(MAX_TRUST_UPDATE_SIZE)}))
+    error = refused(TrustStore.load(data_dir, gw=GW), too_big)
+    assert (error.reason, error.authenticated) == ("bad-request", False)
+    assert f"more than the {MAX_TRUST_UPDATE_SIZE} accepted" in error.message
