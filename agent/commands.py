@@ -15,7 +15,8 @@ Checks, in order, each failure with its own reason:
 5. ``gw`` is this gateway ("wrong-gateway");
 6. time window: ``exp`` passed ("expired"); ``nbf`` or ``iat`` in the future ("not-yet-valid");
    ``exp`` before ``iat`` / ``nbf``, or valid longer than allowed ("bad-request");
-7. replay: id already seen ("replay");
+7. replay: id already seen, or issued before the ids were lost with a corrupt outbox
+   ("replay");
 8. authorisation: some role of the key allows the op, point, priority or action
    ("not-authorised");
 9. the point exists and is writable, the action exists ("bad-request").
@@ -362,7 +363,9 @@ class CommandVerifier:
     exists and may be written; ``actions`` are the action names the agent implements.
     ``policies`` maps role names to what they may do (a role without an entry may do nothing over
     MQTT). ``skew_s`` is the clock error allowed on ``nbf``/``exp``/``iat`` and on key validity;
-    ``max_validity_s`` the longest ``exp - iat`` accepted.
+    ``max_validity_s`` the longest ``exp - iat`` accepted. ``replay_floor()`` is a time before
+    which commands are refused as replays because their ids may have been forgotten (the
+    outbox was recovered); 0 when nothing was lost.
 
     `check` never raises anything but `Rejected`, whatever the bytes; exceptions from the
     callbacks (``seen``, ``writable``) are the caller's and propagate. The verifier does not
@@ -380,6 +383,7 @@ class CommandVerifier:
         max_validity_s: float,
         writable: Callable[[str], bool],
         actions: Collection[str],
+        replay_floor: Callable[[], int] = lambda: 0,
     ) -> None:
         unknown = set(policies) - set(ROLES)
         if unknown:
@@ -394,6 +398,7 @@ class CommandVerifier:
         self._max_validity_ms = round(max_validity_s * 1000)
         self._writable = writable
         self._actions = frozenset(actions)
+        self._replay_floor = replay_floor
 
     def check(self, data: bytes, now_ms: int) -> Command:
         """Verify one command payload at ``now_ms`` (ms since the Unix epoch); raises `Rejected`."""
@@ -450,6 +455,13 @@ class CommandVerifier:
             raise refuse(*late)
         if self._seen(cmd.id):
             raise refuse("replay", f"command {cmd.id.hex()} was already received")
+        floor = self._replay_floor()
+        if cmd.iat < floor:
+            raise refuse(
+                "replay",
+                f"iat {cmd.iat} is before {floor}, when the ids of earlier commands were lost "
+                "(outbox recovered)",
+            )
         role, refusals = self._authorise(cmd, key)
         if role is None:
             raise refuse("not-authorised", "; ".join(refusals))

@@ -33,6 +33,7 @@ from agent.messages import MessageFactory, Severity, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.points import Value
 from agent.security.trust import TrustError
+from agent.timefloor import TimeFloor
 from agent.unauthenticated import Tally
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Downlink:
         actions: Mapping[str, Action],
         data_dir: Path,
         summary_interval: float = SUMMARY_INTERVAL,
+        time_floor: TimeFloor | None = None,
     ) -> None:
         self.gw = gw
         self.verifier = verifier
@@ -90,6 +92,8 @@ class Downlink:
         self._cmd_topic = topic(gw, Topic.CMD)
         self._trust_topic = topic(gw, Topic.TRUST)
         self._summary_interval = summary_interval
+        # Expiry and replay are decided on a time that never goes back (agent.timefloor).
+        self.time = time_floor if time_floor is not None else TimeFloor(clock, data_dir)
         # Unauthenticated input per topic since the last summary.
         self.tallies: dict[Topic, Tally] = {Topic.CMD: Tally(), Topic.TRUST: Tally()}
         self.counts: dict[str, int] = {
@@ -156,7 +160,7 @@ class Downlink:
     # -- commands ---------------------------------------------------------
 
     async def _command(self, payload: bytes) -> None:
-        now = wall_ms(self._clock)
+        now = self.time.now_ms()
         if self.verifier is None:
             self._unauthenticated(Topic.CMD, "unknown-kid", "no trust store installed", payload)
             return
@@ -175,8 +179,14 @@ class Downlink:
             refusal = Rejected("bad-request", problem, cmd.id, cmd.gw, cmd.kid, authenticated=True)
             self._reject(refusal, now)
             return
-        until = cmd.exp + int(self._holds.skew_s * 1000)
-        self._outbox.remember_command(cmd.id, until_ms=until)
+        skew = int(self._holds.skew_s * 1000)
+        # The command's signed iat is the central post's clock: time has reached at least that
+        # (less the skew, which our own clock agreed within), whatever our wall clock says later.
+        self.time.witness(min(now, cmd.iat + skew))
+        # Ids are forgotten only below the persisted floor: a replay of one is surely expired.
+        self._outbox.remember_command(
+            cmd.id, until_ms=cmd.exp + skew, purge_before_ms=self.time.floor_ms
+        )
         status, reason, value = await self._execute(cmd)
         self.counts[status] += 1
         self._finish(cmd, status=status, reason=reason, value=value)

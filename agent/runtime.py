@@ -33,6 +33,7 @@ from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
 from agent.supervisor import supervise
+from agent.timefloor import TimeFloor
 from agent.uplink import Uplink
 from drivers.modbus.transport import RtuTransport
 from drivers.profile import encode, in_range
@@ -67,6 +68,10 @@ class Agent:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        self.time_floor = TimeFloor(clock, data_dir)
+        if self.outbox.recovery is not None:
+            # Commands issued before now may have had their ids in the lost file.
+            self.outbox.raise_replay_floor(self.time_floor.now_ms())
         self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
         self.events = Events(
             gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
@@ -140,6 +145,7 @@ class Agent:
             actions={"ping": self._ping, "selftest": self._selftest},
             data_dir=data_dir,
             summary_interval=config.commands.unauthenticated_summary,
+            time_floor=self.time_floor,
         )
         self.uplink = Uplink(
             config=config.uplink,
@@ -170,6 +176,7 @@ class Agent:
             max_validity_s=cfg.commands.max_validity,
             writable=lambda point: point in self._writable,
             actions=("ping", "selftest"),
+            replay_floor=lambda: self.outbox.replay_floor_ms,
         )
 
     async def _write_device(self, point: str, value: Value) -> None:

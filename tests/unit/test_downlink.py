@@ -329,3 +329,108 @@ async def test_downlink__trust_update_by_root_adds_an_admin_key(rig: Rig, tmp_pa
     (ack,), _ = rig.messages()
     assert (ack["status"], ack["value"]) == ("done", 0)
     assert TrustStore.load(tmp_path, gw=GW).serial == 5
+
+
+# -- replay safety that does not trust the wall clock -----------------------------------
+
+
+def _rebuilt(rig: Rig, tmp_path: Path) -> Downlink:
+    """The downlink of a restarted agent: same data directory, outbox and trust store."""
+    old = rig.downlink
+    assert old.verifier is not None
+    verifier = CommandVerifier(
+        gw=GW,
+        trust=old.verifier.trust,
+        seen=rig.outbox.command_seen,
+        policies=DEFAULT_POLICIES,
+        skew_s=30,
+        max_validity_s=3600,
+        writable=lambda p: p in ("lamp-01/level", "lamp-01/on"),
+        actions=("ping",),
+        replay_floor=lambda: rig.outbox.replay_floor_ms,
+    )
+    factory = MessageFactory(gw=GW, boot=rig.outbox.boot, signer=Signer(rig.keys["stranger"]))
+    return Downlink(
+        gw=GW,
+        verifier=verifier,
+        arbiter=old._arbiter,
+        outbox=rig.outbox,
+        factory=factory,
+        events=Events(gw=GW, factory=factory, outbox=rig.outbox, clock=rig.clock),
+        clock=rig.clock,
+        holds=Holds(default=600, maximum=3600, skew_s=30),
+        check_value=lambda p, v: None,
+        actions={},
+        data_dir=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-run", "after-restart"])
+async def test_downlink__replay_refused_after_the_wall_clock_goes_back(
+    rig: Rig, tmp_path: Path, restart: bool
+) -> None:
+    """An RTC reset or a bad NTP step would let a recorded command be obeyed a second time."""
+    t0 = rig.clock.wall()
+    _body, recorded = rig.command(value=10, validity_s=60)
+    await rig.downlink.handle(CMD, recorded)
+    # Two hours later another command purges the first one's id (long expired by then).
+    await rig.clock.advance(7200)
+    await rig.downlink.handle(CMD, rig.command(value=20)[1])
+    assert not rig.outbox.command_seen(_body["id"])
+    rig.messages()
+    if restart:
+        rig.downlink = _rebuilt(rig, tmp_path)
+    rig.clock.set_wall(t0 + 5)  # the clock goes back to when the recorded command was valid
+    await rig.downlink.handle(CMD, recorded)
+    (ack,), (audit,) = rig.messages()
+    assert (ack["status"], ack["reason"]) == ("rejected", "expired")
+    assert audit["data"]["reason"] == "expired"
+    assert rig.device_writes == [("lamp-01/level", 10), ("lamp-01/level", 20)]
+
+
+async def test_downlink__ids_kept_until_expiry_on_the_effective_time(rig: Rig) -> None:
+    """A command id forgotten while the command is still valid could be replayed."""
+    body, payload = rig.command(validity_s=600)
+    await rig.downlink.handle(CMD, payload)
+    true_now = rig.now()
+    rig.clock.set_wall(rig.clock.wall() + 3000)  # a wrong step forward...
+    # ...and a long-lived command from the central post (its clock right) is accepted:
+    later = make_command(gw=GW, op="write", point="lamp-01/level", value=50, now_ms=true_now,
+                         validity_s=3500)  # fmt: skip
+    await rig.downlink.handle(CMD, sign(rig.keys["operator"], later))
+    assert rig.device_writes[-1] == ("lamp-01/level", 50)
+    # The first id is still remembered: the floor follows the signed iat, not the wall clock.
+    assert rig.outbox.command_seen(body["id"])
+    assert rig.downlink.time.floor_ms <= true_now + 30_000
+
+
+async def test_downlink__commands_issued_before_an_outbox_recovery_are_refused(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Replay ids lost with a corrupt outbox would let recorded commands be obeyed again."""
+    body, recorded = rig.command(value=10, validity_s=600)
+    await rig.downlink.handle(CMD, recorded)
+    rig.outbox.close()
+    (tmp_path / "data" / "outbox.sqlite").write_bytes(b"\x00garbage" * 500)
+    await rig.clock.advance(1)
+    rig.outbox = Outbox.open(tmp_path / "data", rig.clock)
+    assert rig.outbox.recovery is not None
+    assert not rig.outbox.command_seen(body["id"])
+    rig.downlink = _rebuilt(rig, tmp_path)
+    await rig.downlink.handle(CMD, recorded)
+    (ack,), _ = rig.messages()
+    assert (ack["status"], ack["reason"]) == ("rejected", "replay")
+    assert "outbox recovered" in ack["msg"]
+    # A command issued after the recovery is obeyed.
+    await rig.downlink.handle(CMD, rig.command(value=30)[1])
+    (ack,), _ = rig.messages()
+    assert ack["status"] == "done"
+    assert rig.device_writes == [("lamp-01/level", 10), ("lamp-01/level", 30)]
+
+
+def test_outbox__replay_purge_uses_the_expiry_index(rig: Rig) -> None:
+    """With many remembered ids, every accepted command would scan them all."""
+    plan = rig.outbox._db.execute(
+        "EXPLAIN QUERY PLAN DELETE FROM seen_commands WHERE until_ms < ?", (0,)
+    ).fetchall()
+    assert any("seen_commands_until" in str(row) for row in plan), plan
