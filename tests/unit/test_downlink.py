@@ -23,7 +23,7 @@ from agent.clock import FakeClock, wall_ms
 from agent.commands import DEFAULT_POLICIES, CommandVerifier
 from agent.downlink import Downlink, Holds
 from agent.events import Events
-from agent.messages import MessageFactory
+from agent.messages import MessageFactory, Severity, Topic
 from agent.outbox import Outbox
 from agent.points import Value
 from agent.security.cose import Signer, decode_envelope
@@ -434,3 +434,111 @@ def test_outbox__replay_purge_uses_the_expiry_index(rig: Rig) -> None:
         "EXPLAIN QUERY PLAN DELETE FROM seen_commands WHERE until_ms < ?", (0,)
     ).fetchall()
     assert any("seen_commands_until" in str(row) for row in plan), plan
+
+
+# -- hostile input (issue 7): each attack through the real downlink -------------------------
+
+
+def _hostile_envelope(rig: Rig, *, protected: Any = None, unprotected: Any = None) -> bytes:
+    """A COSE_Sign1 naming the operator's kid, with attacker-chosen headers, junk signature."""
+    kid_ = decode_envelope(rig.command()[1]).kid
+    if protected is None:
+        protected = cbor2.dumps({1: -8, 4: kid_})
+    body = [protected, {} if unprotected is None else unprotected, b"\xa0", bytes(64)]
+    return cbor2.dumps(cbor2.CBORTag(18, body))
+
+
+def _stored(rig: Rig) -> tuple[int, int]:
+    """(records, bytes of the database and its WAL): what input made the gateway write."""
+    files = [rig.outbox.path, rig.outbox.path.with_name(rig.outbox.path.name + "-wal")]
+    return rig.outbox.depth, sum(f.stat().st_size for f in files if f.exists())
+
+
+HOSTILE = {
+    # tag 35: a regular expression cbor2 compiled before any check (catastrophic backtracking)
+    "regex": lambda rig: _hostile_envelope(
+        rig, unprotected={33: cbor2.CBORTag(35, "^(a+)+$" * 2000)}
+    ),
+    # Python hashes ints modulo 2**61 - 1: a header map of keys that all collide
+    "hash-collision": lambda rig: _hostile_envelope(
+        rig, unprotected={j * (2**61 - 1): 0 for j in range(-8, 9)} | dict.fromkeys(range(40), 0)
+    ),
+    "bignum-collision": lambda rig: _hostile_envelope(
+        rig, unprotected={cbor2.CBORTag(2, (k * (2**61 - 1)).to_bytes(16)): 0 for k in range(99)}
+    ),
+    # a 4,300+ digit bignum: repr() of it raised ValueError out of the verifier
+    "bignum-header": lambda rig: _hostile_envelope(
+        rig, protected=cbor2.dumps({1: -8, 4: b"k" * 8, 5: cbor2.CBORTag(2, b"\x01" * 2000)})
+    ),
+    "one-byte": lambda rig: b"\x00",
+    "empty": lambda rig: b"",
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE))
+async def test_downlink__hostile_envelope_is_counted_never_stored_or_acked(
+    rig: Rig, attack: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One keyless message could freeze the gateway, crash the verifier or fill its audit log."""
+    payload = HOSTILE[attack](rig)
+    before = _stored(rig)
+    for _ in range(50):
+        await rig.downlink.handle(CMD, payload)
+    assert _stored(rig) == before  # nothing written, no Ack, no record
+    tally = rig.downlink.tallies[Topic.CMD]
+    assert tally.count == 50
+    assert sum(tally.reasons.values()) == 50
+    assert "internal-error" not in tally.reasons
+    assert [r.levelname for r in caplog.records] == ["WARNING"]  # one line, no traceback
+    # A genuine command is still obeyed, then one summary accounts for the junk.
+    _body, ping = rig.command(op="action", name="ping")
+    await rig.downlink.handle(CMD, ping)
+    rig.downlink.flush_summaries()
+    (ack,), (done, summary) = rig.messages()
+    assert (ack["status"], done["code"]) == ("done", "cmd.done")
+    assert (summary["code"], summary["data"]["count"]) == ("cmd.unauthenticated", 50)
+    assert rig.device_writes == []
+
+
+async def test_downlink__junk_flood_costs_one_record_per_interval(rig: Rig) -> None:
+    """A flood of junk would be written to flash message by message and evict real data."""
+    summaries = asyncio.create_task(rig.downlink.run())
+    real = rig.outbox.append(
+        rig.downlink._events.audit(code="cmd.done", severity=Severity.NOTICE, msg="real", data={})
+    )
+    for minute in range(3):
+        before = _stored(rig)
+        for i in range(2000):
+            await rig.downlink.handle(CMD, i.to_bytes(4, "big") * (1 + i % 50))
+        assert _stored(rig) == before  # within the interval, nothing at all is written
+        await rig.clock.advance(60)
+        assert rig.outbox.depth == before[0] + 1, minute  # then one summary
+    summaries.cancel()
+    records = rig.outbox.take(100)
+    assert records[0].seq == real  # the real record is still there, first
+    counts = [cbor2.loads(decode_envelope(r.payload).payload)["data"]["count"] for r in records[1:]]
+    assert counts == [2000, 2000, 2000]
+
+
+async def test_downlink__forged_copy_of_a_real_command_gets_no_ack(rig: Rig) -> None:
+    """Anyone who read a genuine command could make the gateway sign a false refusal of it."""
+    body, payload = rig.command(value=60)
+    await rig.downlink.handle(CMD, payload)
+    forged = payload[:-1] + bytes([payload[-1] ^ 0xFF])  # same id, junk signature
+    stranger = sign(rig.keys["stranger"], body)  # same body, signed by an unknown key
+    await rig.downlink.handle(CMD, forged)
+    await rig.downlink.handle(CMD, stranger)
+    acks, audits = rig.messages()
+    assert [(a["cmd"], a["status"]) for a in acks] == [(body["id"], "done")]
+    assert [a["code"] for a in audits] == ["cmd.done"]
+    assert rig.downlink.tallies[Topic.CMD].reasons == {"bad-signature": 1, "unknown-kid": 1}
+
+
+async def test_downlink__oversized_trust_update_is_unauthenticated_noise(rig: Rig) -> None:
+    """A huge message on the trust topic would be decoded, or audited one by one."""
+    trust = f"armoire/v1/{GW}/trust"
+    before = _stored(rig)
+    await rig.downlink.handle(trust, bytes(200 * 1024))
+    await rig.downlink.handle(trust, HOSTILE["regex"](rig))
+    assert _stored(rig) == before
+    assert rig.downlink.tallies[Topic.TRUST].reasons == {"bad-request": 2}
