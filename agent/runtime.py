@@ -24,6 +24,7 @@ from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
 from agent.events import Events
+from agent.loop_lag import LoopLag
 from agent.messages import MessageFactory, Topic
 from agent.outbox import Outbox
 from agent.points import Points, Value
@@ -68,6 +69,7 @@ class Agent:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        self.loop_lag = LoopLag(clock)
         self.time_floor = TimeFloor(clock, data_dir)
         if self.outbox.recovery is not None:
             # Commands issued before now may have had their ids in the lost file.
@@ -213,6 +215,8 @@ class Agent:
             "pid": os.getpid(),
             "t": wall_ms(self.clock),
             "uplink": self.uplink.statistics(),
+            "downlink": self.downlink.counts,
+            "loop_lag": self.loop_lag.statistics(),
             "outbox": self.outbox.statistics(),
             "reporter": {
                 "readings": self.reporter.readings_sent,
@@ -264,6 +268,7 @@ class Agent:
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
                     run("downlink.summaries", self.downlink.run),
+                    run("loop_lag", self.loop_lag.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))

@@ -5,7 +5,7 @@ Will, the ``Birth`` is published retained, then the outbox is forwarded with a
 bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
 A lost link returns the in-flight records to the outbox and reconnects with
 capped, jittered exponential backoff. Incoming messages (commands) are handed
-to a handler, one per loop turn, from a bounded queue: the broker may send
+to a handler, a few per loop turn, from a bounded queue: the broker may send
 nothing larger than `MAX_PACKET_SIZE` (declared at CONNECT), and a flood
 beyond `INCOMING_QUEUE` waiting messages is dropped and counted.
 """
@@ -52,6 +52,15 @@ MAX_PACKET_SIZE = 132 * 1024
 # Received messages waiting for the downlink. A flood beyond what the gateway handles is dropped
 # here (and counted) rather than queued without bound; a genuine command is a few per minute.
 INCOMING_QUEUE = 64
+# Kernel receive buffer of the MQTT socket, bytes (Linux doubles it). Autotuned, it grows to
+# megabytes: hundreds of thousands of junk messages queued ahead of a genuine command.
+RECEIVE_BUFFER = 64 * 1024
+# Longest the receive loop handles queued messages in a row before it lets the rest of the agent
+# run, seconds. aiomqtt's iterator costs a loop turn per message while paho reads a few dozen
+# per turn, so the loop drains what is queued itself: handling junk costs less than paho's
+# reading of it, the queue keeps up and genuine commands are not dropped; the loop lag this
+# adds stays below the slice.
+RECEIVE_SLICE = 0.005
 
 # paho's own messages ("failed to receive on socket") under our name; the uplink
 # logs the link state itself, once per transition.
@@ -104,6 +113,7 @@ class Uplink:
         self.online = asyncio.Event()
         self._client_now: aiomqtt.Client | None = None
         self.incoming_dropped = 0  # messages discarded because the incoming queue was full
+        self._incoming: asyncio.Queue[aiomqtt.Message] | None = None  # the client's queue
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
@@ -135,7 +145,7 @@ class Uplink:
             logger=_mqtt_log,
             max_inflight_messages=self._window,
             max_queued_incoming_messages=INCOMING_QUEUE,
-            queue_type=_counting_queue(self._dropped),
+            queue_type=_counting_queue(self._dropped, self._queue_created),
         )
         # aiomqtt warns beyond this many pending publishes; our window is deliberate.
         client.pending_calls_threshold = self._window
@@ -189,6 +199,9 @@ class Uplink:
             tg.create_task(self._forward(client), name="uplink.publish")
             tg.create_task(self._receive(client), name="uplink.receive")
 
+    def _queue_created(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        self._incoming = queue
+
     def _dropped(self) -> None:
         self.incoming_dropped += 1
         if self.incoming_dropped in (1, 10) or self.incoming_dropped % 10_000 == 0:
@@ -201,12 +214,22 @@ class Uplink:
     async def _receive(self, client: aiomqtt.Client) -> None:
         # Iterating also notices a dead connection while nothing is published.
         async for message in client.messages:
-            payload = message.payload
-            if self._on_message is not None and isinstance(payload, bytes | bytearray):
-                await self._on_message(str(message.topic), bytes(payload))
-            # A queue that is never empty must not keep the loop from everything else
-            # (telemetry, holds lapsing, keepalive): one message per loop turn.
-            await self._clock.sleep(0)
+            await self._deliver(message)
+            queue = self._incoming
+            started = self._clock.monotonic()
+            # What is queued already, for at most a slice: a queue that is never empty must
+            # not keep the loop from everything else (telemetry, holds lapsing, keepalive).
+            while (
+                queue is not None
+                and not queue.empty()
+                and self._clock.monotonic() - started < RECEIVE_SLICE
+            ):
+                await self._deliver(queue.get_nowait())
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if self._on_message is not None and isinstance(payload, bytes | bytearray):
+            await self._on_message(str(message.topic), bytes(payload))
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         inflight = 0
@@ -262,10 +285,18 @@ class Uplink:
         }
 
 
-def _counting_queue(on_drop: Callable[[], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """The incoming queue class for aiomqtt: bounded, and it tells us when it discards."""
+def _counting_queue(
+    on_drop: Callable[[], None],
+    on_create: Callable[[asyncio.Queue[aiomqtt.Message]], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """The incoming queue class for aiomqtt: bounded, it tells us when it discards, and it hands
+    itself over so that the receive loop can drain it."""
 
     class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(maxsize)
+            on_create(self)
+
         def put_nowait(self, item: aiomqtt.Message) -> None:
             if self.full():
                 on_drop()  # aiomqtt catches the QueueFull below and discards the message
@@ -287,6 +318,10 @@ def _no_delay(client: aiomqtt.Client) -> None:
     def on_open(mqttc: Any, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError, AttributeError):
+            # A small receive buffer: a flood waits at the broker (which drops what exceeds
+            # its per-client queue), not in megabytes of kernel buffer in front of a command.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         if opened is not None:
             opened(mqttc, userdata, sock)
 

@@ -72,7 +72,9 @@ _log = logging.getLogger("armoire.sim.central")
 # -- constants from PROTOCOL.md ----------------------------------------------
 
 TOPIC_ROOT = "armoire/v1"  # PROTOCOL.md, "Transport"
-SUBSCRIPTION = f"{TOPIC_ROOT}/+/#"
+# The gateway → central topics only: commands on the shared broker (a flood of junk ones
+# included) are none of the central post's business and never reach it.
+SUBSCRIPTIONS = tuple(f"{TOPIC_ROOT}/+/{kind}" for kind in ("state", "tele", "evt", "ack", "blob"))
 GATEWAY_ID = re.compile(r"[a-z0-9-]{1,64}")  # PROTOCOL.md, "Transport": `{gw}`
 PROTOCOL_VERSION = 1  # "v" => 1
 
@@ -849,11 +851,13 @@ class CentralPost:
                 async with client:
                     # no_local: never hear our own publications (commands).
                     await client.subscribe(
-                        SUBSCRIPTION, options=SubscribeOptions(qos=1, noLocal=True)
+                        [(t, SubscribeOptions(qos=1, noLocal=True)) for t in SUBSCRIPTIONS]
                     )
                     self.connections += 1
                     self._subscribed.set()
-                    _log.info("central %s subscribed to %s", self.client_id, SUBSCRIPTION)
+                    _log.info(
+                        "central %s subscribed to %s", self.client_id, ", ".join(SUBSCRIPTIONS)
+                    )
                     was_connected = True
                     backoff = BACKOFF_INITIAL_S
                     async for message in client.messages:

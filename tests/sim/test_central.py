@@ -191,7 +191,6 @@ async def test_central__bad_messages_are_rejected_and_the_loop_goes_on(
         ("tele", b"\xff\x00 not cbor at all", GW, "malformed-cose"),
         ("tele", sign(telemetry(1), alg=-7), GW, "bad-algorithm"),
         ("tele", sign(telemetry(1, r=[["p", 0, 1, 9]])), GW, "schema"),
-        ("bogus", sign(telemetry(1)), GW, "bad-topic"),
     ]
     for kind, payload, gw, _ in cases:
         await publish(gateway, kind, payload, gw=gw)
@@ -200,7 +199,7 @@ async def test_central__bad_messages_are_rejected_and_the_loop_goes_on(
 
     reasons = [reason.split(":")[0] for _, reason in central.rejections]
     assert reasons == [expected for *_, expected in cases]
-    assert central.rejections[-2] == (
+    assert central.rejections[-1] == (
         topic("tele"),
         "schema: Telemetry.r[0][3]: quality 9 not in 0..4",
     )
@@ -281,11 +280,13 @@ async def test_central__wait_for_timeout_reports_stats(central: CentralPost) -> 
 async def test_central__downlink_topics_are_ignored(
     central: CentralPost, gateway: aiomqtt.Client
 ) -> None:
-    """Commands on the shared broker are not mistaken for bad gateway messages."""
+    """Commands on the shared broker are not mistaken for bad gateway messages (nor even
+    received: a flood of junk commands costs the central post nothing)."""
     await publish(gateway, "cmd", b"a command")
+    await publish(gateway, "trust", b"an update")
     await publish(gateway, "tele", sign(telemetry(0)))
     await central.wait_for(received(1), WAIT_S)
-    assert central.stats()["ignored"] == 1
+    assert central.stats()["ignored"] == 0
     assert central.rejections == []
 
 
