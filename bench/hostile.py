@@ -181,24 +181,33 @@ async def _windows(
     flood_cpu = cpu_seconds(pid) - cpu1
     lag = status(data).get("loop_lag", {})
     peak = memory_mib(pid)["VmHWM"]
-    # Let the queues drain and the last summary arrive, then look at memory again.
-    await asyncio.sleep(args.drain)  # settling time after the flood, part of the measurement
-    after = status(data)
-    summaries = [e for e in central.events[events0:] if e["code"] == "cmd.unauthenticated"]
+    # Let the queues drain, then wait for the summaries (one per interval, 60 s by default) to
+    # account for every junk message the downlink handled.
+    rss_after_flood = memory_mib(pid)["VmRSS"]
+    deadline = time.monotonic() + args.drain
+    while True:
+        after = status(data)
+        handled = after.get("downlink", {}).get("unauthenticated", 0) - handled0
+        summaries = [e for e in central.events[events0:] if e["code"] == "cmd.unauthenticated"]
+        summarised = sum(e["data"]["count"] for e in summaries)
+        if summarised >= handled or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)  # polling status.json, a file the agent rewrites every 2 s
     junk_bytes = sum(len(cbor2.dumps(e)) + ENVELOPE_BYTES for e in summaries)
     minutes = flood_s / 60
     return {
         "flood_s": round(flood_s, 1),
         "attacker_messages": sent,
         "attacker_rate_per_s": round(sent / flood_s),
-        "handled_by_downlink": after.get("downlink", {}).get("unauthenticated", 0) - handled0,
+        "handled_by_downlink": handled,
         "dropped_at_intake": after.get("uplink", {}).get("incoming_dropped", 0) - dropped0,
-        "summarised": sum(e["data"]["count"] for e in summaries),
+        "summarised": summarised,
+        "summary_events": len(summaries),
         "agent_cpu_pct_during": round(100 * flood_cpu / flood_s),
         "rss_mib": {
             "before": round(rss_before, 1),
             "peak": round(peak, 1),
-            "after": round(memory_mib(pid)["VmRSS"], 1),
+            "after": round(rss_after_flood, 1),
         },
         "loop_lag_ms": lag,
         "ping_ms": {
@@ -226,7 +235,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--baseline", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--drain", type=float, default=5.0)
+    parser.add_argument("--drain", type=float, default=75.0, help="longest wait for summaries")
     parser.add_argument("--ping-every", type=float, default=0.5)
     parser.add_argument("--size", type=int, default=1)
     parser.add_argument("--broker-queue", type=int, default=1000)
