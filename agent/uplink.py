@@ -52,6 +52,8 @@ MAX_PACKET_SIZE = 132 * 1024
 # Received messages waiting for the downlink. A flood beyond what the gateway handles is dropped
 # here (and counted) rather than queued without bound; a genuine command is a few per minute.
 INCOMING_QUEUE = 64
+# Seconds between two log lines about messages dropped at intake.
+DROP_LOG_INTERVAL = 60.0
 # Kernel receive buffer of the MQTT socket, bytes (Linux doubles it). Autotuned, it grows to
 # megabytes: hundreds of thousands of junk messages queued ahead of a genuine command.
 RECEIVE_BUFFER = 64 * 1024
@@ -113,6 +115,7 @@ class Uplink:
         self.online = asyncio.Event()
         self._client_now: aiomqtt.Client | None = None
         self.incoming_dropped = 0  # messages discarded because the incoming queue was full
+        self._drop_log_after = 0.0  # monotonic time before which drops are not logged again
         self._incoming: asyncio.Queue[aiomqtt.Message] | None = None  # the client's queue
 
     def _client(self) -> aiomqtt.Client:
@@ -204,7 +207,9 @@ class Uplink:
 
     def _dropped(self) -> None:
         self.incoming_dropped += 1
-        if self.incoming_dropped in (1, 10) or self.incoming_dropped % 10_000 == 0:
+        now = self._clock.monotonic()
+        if now >= self._drop_log_after:  # one line per interval, however hard the flood
+            self._drop_log_after = now + DROP_LOG_INTERVAL
             log.warning(
                 "incoming MQTT flood: %d messages dropped so far (queue of %d full)",
                 self.incoming_dropped,
