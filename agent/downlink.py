@@ -20,6 +20,7 @@ audit Event are committed together. Nothing that arrives can raise out of
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ log = logging.getLogger(__name__)
 SUMMARY_INTERVAL = 60.0
 # An Ack's or audit record's detail text is cut to this length (it may quote peer input).
 DETAIL_CHARS = 200
+# Refusals of authenticated commands are answered one by one, but a recorded genuine command
+# replayed in a loop must not fill the flash either: the same (id, reason) is answered once
+# (the last `ANSWERED_MEMORY` are remembered), and at most `MAX_REFUSALS` per interval get their
+# own Ack and record; the rest are counted in one ``cmd.rejected`` summary per interval.
+ANSWERED_MEMORY = 1024
+MAX_REFUSALS = 50
 
 Action = Callable[[Command], Awaitable[Any]]
 # Checks that a value can be written to a point (type, range); returns a problem or None.
@@ -96,6 +103,10 @@ class Downlink:
         self.time = time_floor if time_floor is not None else TimeFloor(clock, data_dir)
         # Unauthenticated input per topic since the last summary.
         self.tallies: dict[Topic, Tally] = {Topic.CMD: Tally(), Topic.TRUST: Tally()}
+        # Authenticated refusals not answered individually (repeats, or over the budget).
+        self.repeats = Tally()
+        self._answered: OrderedDict[tuple[bytes, str], None] = OrderedDict()
+        self._refusals = 0  # answered individually in this interval
         self.counts: dict[str, int] = {
             "done": 0,
             "rejected": 0,
@@ -128,7 +139,21 @@ class Downlink:
             self.flush_summaries()
 
     def flush_summaries(self) -> None:
-        """Append one ``*.unauthenticated`` audit Event per topic that had such input."""
+        """Append one ``*.unauthenticated`` audit Event per topic that had such input, and one
+        ``cmd.rejected`` summary of the refusals that were not answered one by one."""
+        self._refusals = 0
+        repeats = self.repeats.take()
+        if repeats is not None:
+            msg = f"{repeats['count']} repeated or excess command refusals not answered again"
+            log.warning("%s: %s", msg, repeats["reasons"])
+            self._outbox.append(
+                self._events.audit(
+                    code="cmd.rejected",
+                    severity=Severity.WARNING,
+                    msg=msg,
+                    data={"summary": True, **repeats},
+                )
+            )
         for kind, tally in self.tallies.items():
             data = tally.take()
             if data is None:
@@ -168,7 +193,7 @@ class Downlink:
             cmd = self.verifier.check(payload, now)
         except Rejected as rejected:
             if rejected.authenticated:
-                self._reject(rejected, now)
+                self._reject(rejected, now, payload)
             else:
                 self._unauthenticated(Topic.CMD, rejected.reason, rejected.detail, payload)
             return
@@ -177,7 +202,7 @@ class Downlink:
             problem = self._check_value(cmd.point, cmd.value)
         if problem is not None:
             refusal = Rejected("bad-request", problem, cmd.id, cmd.gw, cmd.kid, authenticated=True)
-            self._reject(refusal, now)
+            self._reject(refusal, now, payload)
             return
         skew = int(self._holds.skew_s * 1000)
         # The command's signed iat is the central post's clock: time has reached at least that
@@ -251,9 +276,18 @@ class Downlink:
         )
         self._outbox.append_many([self._ack(t_ms, cmd.id, status, reason, value), audit])
 
-    def _reject(self, rejected: Rejected, now: int) -> None:
-        """An authenticated command refused: its own Ack (if it is for us) and audit record."""
+    def _reject(self, rejected: Rejected, now: int, payload: bytes = b"") -> None:
+        """An authenticated command refused: its own Ack (if it is for us) and audit record,
+        unless it repeats one already answered or the interval's budget is spent."""
         self.counts["rejected"] += 1
+        key = (rejected.cmd_id or payload[-16:], rejected.reason)
+        if key in self._answered or self._refusals >= MAX_REFUSALS:
+            self.repeats.add(rejected.reason, payload, now, sample=rejected.cmd_id)
+            return
+        self._answered[key] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._refusals += 1
         data: dict[str, Any] = {"reason": rejected.reason, "detail": rejected.detail}
         if rejected.cmd_id is not None:
             data["cmd"] = rejected.cmd_id.hex()

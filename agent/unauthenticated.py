@@ -34,10 +34,12 @@ class Tally:
     last_ms: int = 0
     samples: list[bytes] = field(default_factory=list)
 
-    def add(self, reason: str, payload: bytes, now_ms: int) -> bool:
+    def add(self, reason: str, payload: bytes, now_ms: int, sample: bytes | None = None) -> bool:
         """Count one message; True if it is the first since the last summary (worth a log line).
 
-        Constant work per message, except the hash of the first `MAX_SAMPLES` payloads.
+        The sample kept is ``sample`` if given (e.g. the id of an authenticated command), else a
+        hash of ``payload``. Constant work per message, except the hash of the first
+        `MAX_SAMPLES` payloads.
         """
         first = self.count == 0
         if first:
@@ -49,7 +51,8 @@ class Tally:
         else:
             self.reasons["other"] = self.reasons.get("other", 0) + 1
         if len(self.samples) < MAX_SAMPLES:
-            sample = hashlib.sha256(payload).digest()[:SAMPLE_SIZE]
+            if sample is None:
+                sample = hashlib.sha256(payload).digest()[:SAMPLE_SIZE]
             if sample not in self.samples:
                 self.samples.append(sample)
         return first

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from agent.arbiter import Arbiter, DeviceWriteError
 from agent.clock import FakeClock, wall_ms
 from agent.commands import DEFAULT_POLICIES, CommandVerifier
-from agent.downlink import Downlink, Holds
+from agent.downlink import MAX_REFUSALS, Downlink, Holds
 from agent.events import Events
 from agent.messages import MessageFactory, Severity, Topic
 from agent.outbox import Outbox
@@ -542,3 +542,27 @@ async def test_downlink__oversized_trust_update_is_unauthenticated_noise(rig: Ri
     await rig.downlink.handle(trust, HOSTILE["regex"](rig))
     assert _stored(rig) == before
     assert rig.downlink.tallies[Topic.TRUST].reasons == {"bad-request": 2}
+
+
+async def test_downlink__replayed_genuine_command_in_a_loop_is_answered_once(rig: Rig) -> None:
+    """A recorded genuine command replayed in a loop would fill the flash with refusals."""
+    body, payload = rig.command(value=25)
+    for _ in range(500):
+        await rig.downlink.handle(CMD, payload)
+    # Other refusals keep their own answer, up to the interval's budget.
+    for _ in range(60):
+        await rig.downlink.handle(CMD, rig.command(prio=5)[1])
+    rig.downlink.flush_summaries()
+    acks, audits = rig.messages()
+    assert [a["status"] for a in acks[:2]] == ["done", "rejected"]
+    assert acks[1]["reason"] == "replay"
+    assert len(acks) == 1 + MAX_REFUSALS  # the done, then the interval's budget of refusals
+    (summary,) = [a for a in audits if a["data"].get("summary")]
+    assert summary["code"] == "cmd.rejected"
+    assert summary["data"]["reasons"] == {
+        "replay": 498,
+        "not-authorised": 11 + 49 - MAX_REFUSALS + 1,
+    }
+    assert summary["data"]["count"] == 499 + 60 - MAX_REFUSALS
+    assert body["id"] in summary["data"]["samples"]
+    assert rig.device_writes == [("lamp-01/level", 25)]
