@@ -281,13 +281,9 @@ class Downlink:
         unless it repeats one already answered or the interval's budget is spent."""
         self.counts["rejected"] += 1
         key = (rejected.cmd_id or payload[-16:], rejected.reason)
-        if key in self._answered or self._refusals >= MAX_REFUSALS:
+        if not self._answer_individually(key):
             self.repeats.add(rejected.reason, payload, now, sample=rejected.cmd_id)
             return
-        self._answered[key] = None
-        if len(self._answered) > ANSWERED_MEMORY:
-            self._answered.popitem(last=False)
-        self._refusals += 1
         data: dict[str, Any] = {"reason": rejected.reason, "detail": rejected.detail}
         if rejected.cmd_id is not None:
             data["cmd"] = rejected.cmd_id.hex()
@@ -320,6 +316,16 @@ class Downlink:
         log.warning("command rejected (%s): %s", rejected.reason, rejected.detail)
         self._outbox.append_many(items)
 
+    def _answer_individually(self, key: tuple[bytes, str]) -> bool:
+        """Whether an authenticated refusal gets its own record: not a repeat, within budget."""
+        if key in self._answered or self._refusals >= MAX_REFUSALS:
+            return False
+        self._answered[key] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._refusals += 1
+        return True
+
     def _ack(
         self,
         t_ms: int,
@@ -350,6 +356,9 @@ class Downlink:
         except TrustError as exc:
             if not exc.authenticated:
                 self._unauthenticated(Topic.TRUST, exc.reason, exc.message, payload)
+                return
+            if not self._answer_individually((payload[-16:], exc.reason)):
+                self.repeats.add(f"trust:{exc.reason}", payload, now)
                 return
             data: dict[str, Any] = {"reason": exc.reason, "detail": exc.message[:DETAIL_CHARS]}
             code, severity, msg = "trust.rejected", Severity.WARNING, "trust update refused"

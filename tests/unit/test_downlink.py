@@ -566,3 +566,16 @@ async def test_downlink__replayed_genuine_command_in_a_loop_is_answered_once(rig
     assert summary["data"]["count"] == 499 + 60 - MAX_REFUSALS
     assert body["id"] in summary["data"]["samples"]
     assert rig.device_writes == [("lamp-01/level", 25)]
+
+
+async def test_downlink__replayed_trust_update_in_a_loop_is_audited_once(rig: Rig) -> None:
+    """An old root-signed trust update replayed in a loop would fill the flash with audits."""
+    entries = [{"pub": public_raw(rig.keys["operator"]), "roles": ["operator"]}]
+    old = sign_trust_update(rig.keys["root"], serial=1, keys=entries, now_ms=rig.now())
+    for _ in range(200):
+        await rig.downlink.handle(f"armoire/v1/{GW}/trust", old)
+    rig.downlink.flush_summaries()
+    _, audits = rig.messages()
+    assert [a["code"] for a in audits] == ["trust.rejected", "cmd.rejected"]
+    (summary,) = [a for a in audits if a["data"].get("summary")]
+    assert summary["data"]["reasons"] == {"trust:replay": 199}
