@@ -55,7 +55,8 @@ INCOMING_QUEUE = 64
 # Seconds between two log lines about messages dropped at intake.
 DROP_LOG_INTERVAL = 60.0
 # Kernel receive buffer of the MQTT socket, bytes (Linux doubles it). Autotuned, it grows to
-# megabytes: hundreds of thousands of junk messages queued ahead of a genuine command.
+# megabytes: a flood's junk queued in the gateway's own kernel ahead of a genuine command.
+# 128 KiB still holds the largest legitimate message and keeps a cellular link busy.
 RECEIVE_BUFFER = 64 * 1024
 # Longest the receive loop handles queued messages in a row before it lets the rest of the agent
 # run, seconds. aiomqtt's iterator costs a loop turn per message while paho reads a few dozen
@@ -311,7 +312,7 @@ def _counting_queue(
 
 
 def _no_delay(client: aiomqtt.Client) -> None:
-    """Disable Nagle on the MQTT socket.
+    """Disable Nagle on the MQTT socket (and bound its receive buffer, `RECEIVE_BUFFER`).
 
     paho leaves it on: an Ack and its audit Event published back to back then
     wait for the broker's delayed TCP ACK (40 ms on Linux) between them, which
@@ -325,7 +326,7 @@ def _no_delay(client: aiomqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.suppress(OSError, AttributeError):
             # A small receive buffer: a flood waits at the broker (which drops what exceeds
-            # its per-client queue), not in megabytes of kernel buffer in front of a command.
+            # its per-client queue), not in megabytes of our kernel buffer.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         if opened is not None:
             opened(mqttc, userdata, sock)
