@@ -16,7 +16,7 @@ gateway's ``cmd`` topic for the flood window, while a genuine ``ping`` command i
 - messages the attacker sent, handled by the downlink, dropped at intake.
 
 Usage: .venv/bin/python bench/hostile.py [--seconds 30] [--baseline 30] [--warmup 15]
-       [--broker-queue 1000] [--size 1]
+       [--broker-queue 1000] [--size 1 | --forged]
 ``--broker-queue`` is mosquitto's per-client queue (max_queued_messages; mosquitto's default is
 1000, the simulator's 100000). Not a pass/fail test.
 """
@@ -40,7 +40,14 @@ from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
 from sim.central import CentralPost, load_public_pem
-from sim.commander import Commander, init_central_keys, install_trust, load_key, make_command
+from sim.commander import (
+    Commander,
+    init_central_keys,
+    install_trust,
+    load_key,
+    make_command,
+    sign,
+)
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 ENVELOPE_BYTES = 110  # a COSE_Sign1's overhead around an Event body (signature, kid, tag)
@@ -122,16 +129,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             )
             config.write_text(text)
             keys = {GATEWAY_ID: load_public_pem(data / "gateway.pub")}
+            operator = load_key(central_dir / "operator.key")
             async with (
                 CentralPost(broker.url, keys=keys) as central,
-                Commander(central, broker.url, load_key(central_dir / "operator.key")) as cmd,
+                Commander(central, broker.url, operator) as cmd,
             ):
                 agent = AgentProcess(config, data / "agent.log")
                 await agent.start()
                 assert agent.proc is not None
                 pid = agent.proc.pid
                 try:
-                    return await _windows(args, data, pid, central, cmd, broker.url)
+                    return await _windows(args, data, pid, central, cmd, broker.url, operator)
                 finally:
                     await agent.stop()
                     model.cancel()
@@ -144,6 +152,7 @@ async def _windows(
     central: CentralPost,
     commander: Commander,
     broker_url: str,
+    commander_key: Any,
 ) -> dict[str, Any]:
     await asyncio.sleep(args.warmup)  # warm-up: the thing being measured starts after it
     rtts_before: list[float] = []
@@ -166,10 +175,17 @@ async def _windows(
     dropped0 = status(data).get("uplink", {}).get("incoming_dropped", 0)
     t1, readings1, written1 = time.monotonic(), central.stats()["readings"], written_bytes(pid)
     cpu1 = cpu_seconds(pid)
+    junk = ["--size", str(args.size)]
+    if args.forged:
+        # A real command's envelope (the operator's kid) with a broken signature: each one
+        # costs the gateway a signature check, the most expensive junk there is.
+        body = make_command(gw=GATEWAY_ID, op="action", name="ping", now_ms=int(time.time() * 1000))
+        real = sign(commander_key, body)
+        junk = ["--payload-hex", (real[:-1] + bytes([real[-1] ^ 1])).hex()]
     attacker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sim.attacker", "flood", "--broker", broker_url,
         "--topic", args.topic or f"armoire/v1/{GATEWAY_ID}/cmd", "--seconds", str(args.seconds),
-        "--size", str(args.size), stdout=asyncio.subprocess.PIPE,
+        *junk, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     pings = asyncio.create_task(pinger(commander, args.ping_every, rtts, lost))
     out, _ = await attacker.communicate()
@@ -189,6 +205,7 @@ async def _windows(
         after = status(data)
         handled = after.get("downlink", {}).get("unauthenticated", 0) - handled0
         summaries = [e for e in central.events[events0:] if e["code"] == "cmd.unauthenticated"]
+        # (re-read below until every handled message is accounted for)
         summarised = sum(e["data"]["count"] for e in summaries)
         if summarised >= handled or time.monotonic() > deadline:
             break
@@ -238,6 +255,9 @@ def main() -> int:
     parser.add_argument("--drain", type=float, default=75.0, help="longest wait for summaries")
     parser.add_argument("--ping-every", type=float, default=0.5)
     parser.add_argument("--size", type=int, default=1)
+    parser.add_argument(
+        "--forged", action="store_true", help="junk = a real envelope with a broken signature"
+    )
     parser.add_argument("--broker-queue", type=int, default=1000)
     parser.add_argument(
         "--topic",

@@ -5,7 +5,7 @@ packets (QoS 0) written in large chunks. No library stands between it and the wi
 flood is as dense as the broker accepts.
 
     python -m sim.attacker flood --broker mqtt://127.0.0.1:1883 --topic armoire/v1/gw/cmd \\
-        --seconds 30 [--size 1]
+        --seconds 30 [--size 1 | --payload-hex HEX]
     python -m sim.attacker big --broker mqtt://127.0.0.1:1883 --topic armoire/v1/gw/cmd \\
         --mib 100
 
@@ -62,9 +62,13 @@ def _connect(url: str) -> socket.socket:
     return sock
 
 
-def flood(url: str, topic: str, *, seconds: float, size: int = 1) -> dict[str, float]:
-    """Publish ``size``-byte messages on ``topic`` as fast as the socket takes them."""
-    packet = publish_header(topic, size) + b"\x00" * size
+def flood(
+    url: str, topic: str, *, seconds: float, size: int = 1, payload: bytes | None = None
+) -> dict[str, float]:
+    """Publish ``size`` zero bytes (or ``payload``) on ``topic`` as fast as the socket takes."""
+    if payload is None:
+        payload = b"\x00" * size
+    packet = publish_header(topic, len(payload)) + payload
     per_chunk = max(1, CHUNK // len(packet))
     chunk = packet * per_chunk
     sent = 0
@@ -107,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         if name == "flood":
             p.add_argument("--seconds", type=float, default=30.0)
             p.add_argument("--size", type=int, default=1, help="payload bytes per message")
+            p.add_argument("--payload-hex", help="this payload instead of --size zero bytes")
         else:
             p.add_argument("--mib", type=float, default=100.0, help="message size, MiB")
     args = parser.parse_args(argv)
     if args.what == "flood":
-        result = flood(args.broker, args.topic, seconds=args.seconds, size=args.size)
+        payload = bytes.fromhex(args.payload_hex) if args.payload_hex else None
+        result = flood(
+            args.broker, args.topic, seconds=args.seconds, size=args.size, payload=payload
+        )
     else:
         result = big(args.broker, args.topic, size=int(args.mib * (1 << 20)))
     print(json.dumps(result), flush=True)
