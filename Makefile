@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench install mosquitto clean sim-image
+.PHONY: demo test lint typecheck unit integration bench bench-hostile install mosquitto clean sim-image
 
 demo: install mosquitto
 	$(BIN)/armoire sim $(ARGS)
@@ -33,6 +33,10 @@ integration: install mosquitto
 
 bench: install mosquitto
 	$(BIN)/python bench/steady_state.py
+
+# A local attacker floods the gateway's command topic for 30 s (issue 7); prints figures.
+bench-hostile: install mosquitto
+	$(BIN)/python bench/hostile.py $(ARGS)
 
 install: $(STAMP)
 

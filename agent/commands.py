@@ -10,19 +10,21 @@ Checks, in order, each failure with its own reason:
 1. size and COSE envelope ("bad-request"; "bad-signature" for another algorithm;
    "unknown-kid" for a missing or malformed kid);
 2. kid in the trust store, and the key inside its validity period ("unknown-kid");
-3. signature ("bad-signature");
+3. signature ("bad-signature"); everything above is unauthenticated, everything below is not;
 4. body: strict CBOR, exactly the CDDL ("bad-request");
 5. ``gw`` is this gateway ("wrong-gateway");
 6. time window: ``exp`` passed ("expired"); ``nbf`` or ``iat`` in the future ("not-yet-valid");
    ``exp`` before ``iat`` / ``nbf``, or valid longer than allowed ("bad-request");
-7. replay: id already seen ("replay");
+7. replay: id already seen, or issued before the ids were lost with a corrupt outbox
+   ("replay");
 8. authorisation: some role of the key allows the op, point, priority or action
    ("not-authorised");
 9. the point exists and is writable, the action exists ("bad-request").
 
-Even when the signature fails, the command id and gateway are read from the payload when they can
-be, so that the caller can acknowledge the refusal (PROTOCOL.md, "Sequence numbers", last
-paragraph).
+The body is decoded only after the signature verified: nothing of an unauthenticated payload is
+read but its envelope (PROTOCOL.md, "Unauthenticated input": such input gets no Ack, and a
+refusal says ``authenticated=False``). An authenticated refusal carries the id and gateway when
+the body has them, so that the caller can acknowledge it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias
 
-from agent.security.cose import CoseError, decode_envelope, decode_sign1_generic, verify
+from agent.security.cose import CoseError, decode_envelope, verify
 from agent.security.trust import (
     ROLES,
     BodyError,
@@ -74,9 +76,10 @@ COMMAND_VERSION: Final = 1  # PROTOCOL.md, Command: "v" => 1
 ID_SIZE: Final = 16  # PROTOCOL.md, Command: "id" => bstr .size 16
 PRIORITY_RANGE: Final = (1, 16)  # PROTOCOL.md, Command "prio" 1..16 (DESIGN.md, Arbiter)
 DEFAULT_PRIORITY: Final = 10  # PROTOCOL.md, Command: "default 10" (DESIGN.md: central post)
-# Largest command accepted. A command is a few hundred bytes even with action arguments; 64 KiB
-# is generous and bounds what a hostile payload costs before its signature is checked.
-MAX_COMMAND_SIZE: Final = 64 * 1024
+# Largest command accepted. A command is a few hundred bytes even with action arguments; 4 KiB
+# leaves room for structured arguments and bounds what a hostile payload costs before its
+# signature is checked (the same order as the largest legitimate command).
+MAX_COMMAND_SIZE: Final = 4 * 1024
 # PROTOCOL.md, Bodies: point = "device/point". One "/" between two non-empty parts; the exact
 # names are the configuration's business (``writable``).
 _POINT: Final = re.compile(r"[^/\s]{1,64}/[^/\s]{1,64}")
@@ -95,9 +98,10 @@ class Rejected(Exception):
     """A command was refused. ``reason`` is a PROTOCOL.md reason code (see `REASONS`),
     ``detail`` says precisely what was wrong (for the audit record).
 
-    ``cmd_id`` and ``gw`` are set whenever they could be read from the payload, even from one
-    whose signature did not verify: PROTOCOL.md has a rejection acknowledged only if its id and
-    gw can be read and gw is this gateway. ``kid`` is the signer's kid once the envelope decoded.
+    ``authenticated`` is True once the signature verified against a trusted key: only then may
+    the refusal be acknowledged or audited individually (PROTOCOL.md, "Unauthenticated input"),
+    and only then are ``cmd_id`` and ``gw`` read from the body (when they can be). ``kid`` is the
+    kid the envelope names, once it decoded.
     """
 
     def __init__(
@@ -107,16 +111,37 @@ class Rejected(Exception):
         cmd_id: bytes | None = None,
         gw: str | None = None,
         kid: bytes | None = None,
+        *,
+        authenticated: bool = False,
     ) -> None:
-        super().__init__(reason, detail, cmd_id, gw, kid)  # all in args, so the error pickles
+        # All in args, so the error pickles (keyword-only arguments travel through __reduce__).
+        super().__init__(reason, detail, cmd_id, gw, kid, authenticated)
         self.reason: Reason = reason
         self.detail = detail
         self.cmd_id = cmd_id
         self.gw = gw
         self.kid = kid
+        self.authenticated = authenticated
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rejected,
+            (self.reason, self.detail, self.cmd_id, self.gw, self.kid, self.authenticated),
+        )
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+def _rejected(
+    reason: Reason,
+    detail: str,
+    cmd_id: bytes | None,
+    gw: str | None,
+    kid: bytes | None,
+    authenticated: bool,
+) -> Rejected:
+    return Rejected(reason, detail, cmd_id, gw, kid, authenticated=authenticated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,16 +346,6 @@ def _peek(body: object) -> tuple[bytes | None, str | None]:
     )
 
 
-def _peek_broken(data: bytes) -> tuple[bytes | None, str | None]:
-    """Best effort ``id``/``gw`` from a message whose envelope broke the profile (wrong alg,
-    bad kid, no tag): any failure just means "unreadable"."""
-    try:
-        payload = decode_sign1_generic(data, require_tag=False).payload
-        return _peek(decode_body(payload))
-    except Exception:
-        return None, None
-
-
 def _envelope_reason(cose_reason: str) -> Reason:
     match cose_reason:
         case "bad-alg":
@@ -348,7 +363,9 @@ class CommandVerifier:
     exists and may be written; ``actions`` are the action names the agent implements.
     ``policies`` maps role names to what they may do (a role without an entry may do nothing over
     MQTT). ``skew_s`` is the clock error allowed on ``nbf``/``exp``/``iat`` and on key validity;
-    ``max_validity_s`` the longest ``exp - iat`` accepted.
+    ``max_validity_s`` the longest ``exp - iat`` accepted. ``replay_floor()`` is a time before
+    which commands are refused as replays because their ids may have been forgotten (the
+    outbox was recovered); 0 when nothing was lost.
 
     `check` never raises anything but `Rejected`, whatever the bytes; exceptions from the
     callbacks (``seen``, ``writable``) are the caller's and propagate. The verifier does not
@@ -366,6 +383,7 @@ class CommandVerifier:
         max_validity_s: float,
         writable: Callable[[str], bool],
         actions: Collection[str],
+        replay_floor: Callable[[], int] = lambda: 0,
     ) -> None:
         unknown = set(policies) - set(ROLES)
         if unknown:
@@ -380,6 +398,7 @@ class CommandVerifier:
         self._max_validity_ms = round(max_validity_s * 1000)
         self._writable = writable
         self._actions = frozenset(actions)
+        self._replay_floor = replay_floor
 
     def check(self, data: bytes, now_ms: int) -> Command:
         """Verify one command payload at ``now_ms`` (ms since the Unix epoch); raises `Rejected`."""
@@ -390,74 +409,66 @@ class CommandVerifier:
         try:
             msg = decode_envelope(data)
         except CoseError as exc:
-            cmd_id, gw = _peek_broken(data)
             raise Rejected(
-                _envelope_reason(exc.reason), f"envelope {exc.reason}: {exc.message}", cmd_id, gw
+                _envelope_reason(exc.reason), f"envelope {exc.reason}: {exc.message}"
             ) from exc
         kid = msg.kid
-        # Decode the body now to read id/gw for the rejection; its errors count only once the
-        # signature has verified (the order of checks above).
-        body_error: BodyError | None = None
-        try:
-            body = decode_body(msg.payload)
-        except BodyError as exc:
-            body, body_error = None, exc
-        cmd_id, gw = _peek(body)
-
         key = self.trust.key(kid)
         if key is None:
             raise Rejected(
                 "unknown-kid",
                 f"kid {kid.hex()} is not in the trust store (serial {self.trust.serial})",
-                cmd_id,
-                gw,
-                kid,
+                kid=kid,
             )
         if not key.valid_at(now_ms, self._skew_ms):
             raise Rejected(
                 "unknown-kid",
                 f"key {kid.hex()} not valid at {now_ms} (nbf {key.nbf_ms}, exp {key.exp_ms})",
-                cmd_id,
-                gw,
-                kid,
+                kid=kid,
             )
         try:
             verify(msg, key.public_key)
         except CoseError as exc:
             raise Rejected(
-                "bad-signature", f"signature does not verify with key {kid.hex()}", cmd_id, gw, kid
+                "bad-signature", f"signature does not verify with key {kid.hex()}", kid=kid
             ) from exc
-        if body_error is not None:
-            raise Rejected("bad-request", f"body: {body_error}", cmd_id, gw, kid) from body_error
+        # Authenticated from here on: a trusted key signed these bytes. Only now is the body
+        # decoded, and its id and gw may be reported in a rejected Ack.
+        try:
+            body = decode_body(msg.payload)
+        except BodyError as exc:
+            raise Rejected("bad-request", f"body: {exc}", kid=kid, authenticated=True) from exc
+        cmd_id, gw = _peek(body)
+
+        def refuse(reason: Reason, detail: str) -> Rejected:
+            return Rejected(reason, detail, cmd_id, gw, kid, authenticated=True)
+
         try:
             cmd = _parse(body)
         except _Invalid as exc:
-            raise Rejected("bad-request", f"body: {exc}", cmd_id, gw, kid) from exc
+            raise refuse("bad-request", f"body: {exc}") from exc
 
         if cmd.gw != self.gw:
-            raise Rejected(
-                "wrong-gateway",
-                f"for gateway {_show(cmd.gw)}, this is {self.gw!r}",
-                cmd_id,
-                gw,
-                kid,
-            )
+            raise refuse("wrong-gateway", f"for gateway {_show(cmd.gw)}, this is {self.gw!r}")
         late = self._time_problem(cmd, now_ms)
         if late is not None:
-            raise Rejected(*late, cmd_id, gw, kid)
+            raise refuse(*late)
         if self._seen(cmd.id):
-            raise Rejected(
-                "replay", f"command {cmd.id.hex()} was already received", cmd_id, gw, kid
+            raise refuse("replay", f"command {cmd.id.hex()} was already received")
+        floor = self._replay_floor()
+        if cmd.iat < floor:
+            raise refuse(
+                "replay",
+                f"iat {cmd.iat} is before {floor}, when the ids of earlier commands were lost "
+                "(outbox recovered)",
             )
         role, refusals = self._authorise(cmd, key)
         if role is None:
-            raise Rejected("not-authorised", "; ".join(refusals), cmd_id, gw, kid)
+            raise refuse("not-authorised", "; ".join(refusals))
         if cmd.point is not None and not self._writable(cmd.point):
-            raise Rejected(
-                "bad-request", f"unknown or read-only point {cmd.point!r}", cmd_id, gw, kid
-            )
+            raise refuse("bad-request", f"unknown or read-only point {cmd.point!r}")
         if cmd.name is not None and cmd.name not in self._actions:
-            raise Rejected("bad-request", f"unknown action {_show(cmd.name)}", cmd_id, gw, kid)
+            raise refuse("bad-request", f"unknown action {_show(cmd.name)}")
         return Command(
             id=cmd.id,
             gw=cmd.gw,

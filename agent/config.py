@@ -128,6 +128,8 @@ class CommandsConfig:
     hold_max: float
     max_validity: float
     policies: Mapping[str, RolePolicy]
+    # Seconds between summaries of unauthenticated input (PROTOCOL.md, "Unauthenticated input").
+    unauthenticated_summary: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -349,6 +351,8 @@ CLOCK_SKEW_RANGE: Final = (0, 600)
 HOLD_DEFAULT_RANGE: Final = (1, 86400)  # up to a day: a write must lapse (DESIGN.md, Principles)
 HOLD_MAX_RANGE: Final = (1, 604800)  # up to a week, e.g. a lamp kept off for road works
 MAX_VALIDITY_RANGE: Final = (1, 604800)  # ids are remembered this long (DESIGN.md, Security)
+# One summary Event per interval is what a flood of junk costs the flash: not too often.
+SUMMARY_RANGE: Final = (1, 3600)
 
 
 def _commands(sec: Section) -> CommandsConfig:
@@ -358,6 +362,7 @@ def _commands(sec: Section) -> CommandsConfig:
         hold_max=sec.number("hold_max", *HOLD_MAX_RANGE, default=3600.0),
         max_validity=sec.number("max_validity", *MAX_VALIDITY_RANGE, default=3600.0),
         policies=_policies(sec.table("roles", required=False)),
+        unauthenticated_summary=sec.number("unauthenticated_summary", *SUMMARY_RANGE, default=60.0),
     )
     if sec.ok("hold_default") and sec.ok("hold_max") and commands.hold_max < commands.hold_default:
         sec.error("hold_max", f"must be >= hold_default ({commands.hold_default:g})")

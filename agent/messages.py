@@ -130,14 +130,18 @@ class MessageFactory:
         status: str,
         reason: str | None = None,
         value: Any = _ABSENT,
+        msg: str | None = None,
     ) -> bytes:
-        """A signed Ack: the result of one command (PROTOCOL.md, Ack)."""
+        """A signed Ack: the result of one command (PROTOCOL.md, Ack); ``msg`` is the
+        human-readable detail of a refusal or failure."""
         if status not in ("done", "rejected", "failed"):
             raise ValueError(f"ack status {status!r} is not done, rejected or failed")
         body = self._header(seq)
         body.update(t=t_ms, cmd=cmd, status=status)
         if reason is not None:
             body["reason"] = reason
+        if msg is not None:
+            body["msg"] = msg
         if value is not _ABSENT:
             body["value"] = _wire_value(value) if not isinstance(value, dict) else value
         return self._seal(body)

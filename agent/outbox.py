@@ -178,6 +178,8 @@ CREATE TABLE IF NOT EXISTS seen_commands (
     id       BLOB PRIMARY KEY,
     until_ms INTEGER NOT NULL
 );
+-- The purge deletes by expiry: without an index it scans every remembered id.
+CREATE INDEX IF NOT EXISTS seen_commands_until ON seen_commands (until_ms);
 -- Alarms raised and not yet cleared, so a restart neither repeats nor forgets them.
 CREATE TABLE IF NOT EXISTS active_alarms (
     code TEXT NOT NULL,
@@ -230,6 +232,10 @@ class Outbox:
         self._set_meta("boot", self.boot)
         self._set_meta("clean", 0)
         self._set_meta("next_seq", self._next_seq)
+        if recovery is not None:
+            # The ids of commands accepted before are gone with the old file: commands issued
+            # before now must be refused (see replay_floor_ms).
+            self._set_meta("replay_floor_ms", wall_ms(clock))
         self._reserve(self._next_seq, force=True)
         self._db.execute("COMMIT")
 
@@ -378,15 +384,35 @@ class Outbox:
         row = self._db.execute("SELECT 1 FROM seen_commands WHERE id = ?", (cmd_id,)).fetchone()
         return row is not None
 
-    def remember_command(self, cmd_id: bytes, *, until_ms: int) -> None:
+    def remember_command(
+        self, cmd_id: bytes, *, until_ms: int, purge_before_ms: int | None = None
+    ) -> None:
         """Durably remember an accepted command id until ``until_ms`` (its exp + skew);
-        forget the ids whose commands can no longer be valid."""
-        now = wall_ms(self._clock)
+        forget the ids remembered until before ``purge_before_ms``.
+
+        ``purge_before_ms`` must be a time the gateway will never decide below again (the
+        persisted time floor, `agent.timefloor`): a forgotten id is then surely expired. It
+        defaults to the wall clock, which may go back.
+        """
+        purge = wall_ms(self._clock) if purge_before_ms is None else purge_before_ms
         with self._transaction():
-            self._db.execute("DELETE FROM seen_commands WHERE until_ms < ?", (now,))
+            self._db.execute("DELETE FROM seen_commands WHERE until_ms < ?", (purge,))
             self._db.execute(
                 "INSERT OR REPLACE INTO seen_commands VALUES (?, ?)", (cmd_id, until_ms)
             )
+
+    @property
+    def replay_floor_ms(self) -> int:
+        """Commands issued (``iat``) before this were accepted into a database since moved
+        aside as corrupt: their ids are lost, so they must be refused. 0 if none was."""
+        return self._meta("replay_floor_ms")
+
+    def raise_replay_floor(self, t_ms: int) -> None:
+        """Raise `replay_floor_ms` to ``t_ms`` (e.g. to the effective time after a recovery
+        made with a wall clock that was behind)."""
+        if t_ms > self.replay_floor_ms:
+            with self._transaction():
+                self._set_meta("replay_floor_ms", t_ms)
 
     @property
     def active_alarms(self) -> set[tuple[str, str]]:

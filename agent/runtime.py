@@ -24,6 +24,7 @@ from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
 from agent.events import Events
+from agent.loop_lag import LoopLag
 from agent.messages import MessageFactory, Topic
 from agent.outbox import Outbox
 from agent.points import Points, Value
@@ -33,6 +34,7 @@ from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
 from agent.supervisor import supervise
+from agent.timefloor import TimeFloor
 from agent.uplink import Uplink
 from drivers.modbus.transport import RtuTransport
 from drivers.profile import encode, in_range
@@ -67,6 +69,11 @@ class Agent:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        self.loop_lag = LoopLag(clock)
+        self.time_floor = TimeFloor(clock, data_dir)
+        if self.outbox.recovery is not None:
+            # Commands issued before now may have had their ids in the lost file.
+            self.outbox.raise_replay_floor(self.time_floor.now_ms())
         self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
         self.events = Events(
             gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
@@ -139,6 +146,8 @@ class Agent:
             check_value=self._check_value,
             actions={"ping": self._ping, "selftest": self._selftest},
             data_dir=data_dir,
+            summary_interval=config.commands.unauthenticated_summary,
+            time_floor=self.time_floor,
         )
         self.uplink = Uplink(
             config=config.uplink,
@@ -169,6 +178,7 @@ class Agent:
             max_validity_s=cfg.commands.max_validity,
             writable=lambda point: point in self._writable,
             actions=("ping", "selftest"),
+            replay_floor=lambda: self.outbox.replay_floor_ms,
         )
 
     async def _write_device(self, point: str, value: Value) -> None:
@@ -205,6 +215,8 @@ class Agent:
             "pid": os.getpid(),
             "t": wall_ms(self.clock),
             "uplink": self.uplink.statistics(),
+            "downlink": self.downlink.counts,
+            "loop_lag": self.loop_lag.statistics(),
             "outbox": self.outbox.statistics(),
             "reporter": {
                 "readings": self.reporter.readings_sent,
@@ -255,6 +267,8 @@ class Agent:
                     run("reporter", self.reporter.run),
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
+                    run("downlink.summaries", self.downlink.run),
+                    run("loop_lag", self.loop_lag.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
@@ -268,6 +282,7 @@ class Agent:
                 await stop.wait()
                 for task in others:
                     task.cancel()
+                self.downlink.flush_summaries()
                 self.reporter.flush()
                 await self._drain()
                 await self.uplink.farewell()

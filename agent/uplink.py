@@ -5,7 +5,9 @@ Will, the ``Birth`` is published retained, then the outbox is forwarded with a
 bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
 A lost link returns the in-flight records to the outbox and reconnects with
 capped, jittered exponential backoff. Incoming messages (commands) are handed
-to a handler.
+to a handler, a few per loop turn, from a bounded queue: the broker may send
+nothing larger than `MAX_PACKET_SIZE` (declared at CONNECT), and a flood
+beyond `INCOMING_QUEUE` waiting messages is dropped and counted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ JITTER = 0.3
 
 # Shortest wait for a CONNACK, SUBACK or PUBACK, seconds (slow cellular links).
 MIN_OPERATION_TIMEOUT = 5.0
+
+# Largest MQTT packet the broker may send us, declared at CONNECT (MQTT 5 Maximum Packet Size):
+# the largest trust update we accept (agent.security.trust.MAX_TRUST_UPDATE_SIZE, 128 KiB) plus
+# room for the topic and properties. Commands are far smaller (4 KiB at most). The broker drops
+# a larger message instead of sending it, so a 100 MiB publish never reaches the gateway.
+MAX_PACKET_SIZE = 132 * 1024
+# Received messages waiting for the downlink. A flood beyond what the gateway handles is dropped
+# here (and counted) rather than queued without bound; a genuine command is a few per minute.
+INCOMING_QUEUE = 64
+# Seconds between two log lines about messages dropped at intake.
+DROP_LOG_INTERVAL = 60.0
+# Kernel receive buffer of the MQTT socket, bytes (Linux doubles it). Autotuned, it grows to
+# megabytes: a flood's junk queued in the gateway's own kernel ahead of a genuine command.
+# 128 KiB still holds the largest legitimate message and keeps a cellular link busy.
+RECEIVE_BUFFER = 64 * 1024
+# Longest the receive loop handles queued messages in a row before it lets the rest of the agent
+# run, seconds. aiomqtt's iterator costs a loop turn per message while paho reads a few dozen
+# per turn, so the loop drains what is queued itself: handling junk costs less than paho's
+# reading of it, the queue keeps up and genuine commands are not dropped; the loop lag this
+# adds stays below the slice.
+RECEIVE_SLICE = 0.005
 
 # paho's own messages ("failed to receive on socket") under our name; the uplink
 # logs the link state itself, once per transition.
@@ -92,11 +115,15 @@ class Uplink:
         self.published_readings = 0
         self.online = asyncio.Event()
         self._client_now: aiomqtt.Client | None = None
+        self.incoming_dropped = 0  # messages discarded because the incoming queue was full
+        self._drop_log_after = 0.0  # monotonic time before which drops are not logged again
+        self._incoming: asyncio.Queue[aiomqtt.Message] | None = None  # the client's queue
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = cfg.session_expiry
+        connect_props.MaximumPacketSize = MAX_PACKET_SIZE
         death = self._factory.death(self._outbox.last_seq, t_ms=wall_ms(self._clock))
         tls_context = None
         if cfg.tls:
@@ -121,6 +148,8 @@ class Uplink:
             timeout=max(MIN_OPERATION_TIMEOUT, float(cfg.keepalive)),
             logger=_mqtt_log,
             max_inflight_messages=self._window,
+            max_queued_incoming_messages=INCOMING_QUEUE,
+            queue_type=_counting_queue(self._dropped, self._queue_created),
         )
         # aiomqtt warns beyond this many pending publishes; our window is deliberate.
         client.pending_calls_threshold = self._window
@@ -174,12 +203,39 @@ class Uplink:
             tg.create_task(self._forward(client), name="uplink.publish")
             tg.create_task(self._receive(client), name="uplink.receive")
 
+    def _queue_created(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        self._incoming = queue
+
+    def _dropped(self) -> None:
+        self.incoming_dropped += 1
+        now = self._clock.monotonic()
+        if now >= self._drop_log_after:  # one line per interval, however hard the flood
+            self._drop_log_after = now + DROP_LOG_INTERVAL
+            log.warning(
+                "incoming MQTT flood: %d messages dropped so far (queue of %d full)",
+                self.incoming_dropped,
+                INCOMING_QUEUE,
+            )
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         # Iterating also notices a dead connection while nothing is published.
         async for message in client.messages:
-            payload = message.payload
-            if self._on_message is not None and isinstance(payload, bytes | bytearray):
-                await self._on_message(str(message.topic), bytes(payload))
+            await self._deliver(message)
+            queue = self._incoming
+            started = self._clock.monotonic()
+            # What is queued already, for at most a slice: a queue that is never empty must
+            # not keep the loop from everything else (telemetry, holds lapsing, keepalive).
+            while (
+                queue is not None
+                and not queue.empty()
+                and self._clock.monotonic() - started < RECEIVE_SLICE
+            ):
+                await self._deliver(queue.get_nowait())
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        if self._on_message is not None and isinstance(payload, bytes | bytearray):
+            await self._on_message(str(message.topic), bytes(payload))
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         inflight = 0
@@ -231,11 +287,32 @@ class Uplink:
             "connects": self.connects,
             "published": self.published,
             "published_readings": self.published_readings,
+            "incoming_dropped": self.incoming_dropped,
         }
 
 
+def _counting_queue(
+    on_drop: Callable[[], None],
+    on_create: Callable[[asyncio.Queue[aiomqtt.Message]], None],
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """The incoming queue class for aiomqtt: bounded, it tells us when it discards, and it hands
+    itself over so that the receive loop can drain it."""
+
+    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(maxsize)
+            on_create(self)
+
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            if self.full():
+                on_drop()  # aiomqtt catches the QueueFull below and discards the message
+            super().put_nowait(item)
+
+    return CountingQueue
+
+
 def _no_delay(client: aiomqtt.Client) -> None:
-    """Disable Nagle on the MQTT socket.
+    """Disable Nagle on the MQTT socket (and bound its receive buffer, `RECEIVE_BUFFER`).
 
     paho leaves it on: an Ack and its audit Event published back to back then
     wait for the broker's delayed TCP ACK (40 ms on Linux) between them, which
@@ -247,6 +324,10 @@ def _no_delay(client: aiomqtt.Client) -> None:
     def on_open(mqttc: Any, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError, AttributeError):
+            # A small receive buffer: a flood waits at the broker (which drops what exceeds
+            # its per-client queue), not in megabytes of our kernel buffer.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         if opened is not None:
             opened(mqttc, userdata, sock)
 

@@ -87,7 +87,9 @@ def find_mosquitto() -> Path:
     )
 
 
-def _config(port: int, data_dir: Path, log_path: Path) -> str:
+def _config(
+    port: int, data_dir: Path, log_path: Path, max_queued: int = MAX_QUEUED_MESSAGES
+) -> str:
     # `user`: when started as root, mosquitto switches to the `mosquitto` user,
     # which cannot write our data directory (nor keep the parent-death signal).
     # Naming the current user keeps it as whoever started it; for a non-root
@@ -104,7 +106,7 @@ def _config(port: int, data_dir: Path, log_path: Path) -> str:
             "persistence true",
             f"persistence_location {data_dir}/",
             "persistence_file mosquitto.db",
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+            f"max_queued_messages {max_queued}",
             f"log_dest file {log_path}",
             "log_type error",
             "log_type warning",
@@ -124,10 +126,18 @@ class Mosquitto:
     ``port=None`` picks a free port; ``data_dir=None`` uses a temporary
     directory removed by :meth:`close` (a given ``data_dir`` is kept). The
     persistence file, the generated configuration and the log live there.
+    ``max_queued_messages`` is the per-client queue (mosquitto's own default is 1000).
     """
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        *,
+        max_queued_messages: int = MAX_QUEUED_MESSAGES,
+    ) -> None:
         self._binary = find_mosquitto()
+        self._max_queued = max_queued_messages
         self._fixed_port = port is not None
         self._port = port
         self._given_data_dir = data_dir
@@ -252,7 +262,7 @@ class Mosquitto:
     async def _start_once(self) -> None:
         data_dir = self.data_dir
         conf = data_dir / "mosquitto.conf"
-        conf.write_text(_config(self.port, data_dir, self.log_path))
+        conf.write_text(_config(self.port, data_dir, self.log_path, self._max_queued))
         argv = [str(self._binary), "-c", str(conf)]
         if self._setpriv is not None:
             argv = [self._setpriv, "--pdeathsig", "TERM", *argv]

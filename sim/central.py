@@ -72,7 +72,9 @@ _log = logging.getLogger("armoire.sim.central")
 # -- constants from PROTOCOL.md ----------------------------------------------
 
 TOPIC_ROOT = "armoire/v1"  # PROTOCOL.md, "Transport"
-SUBSCRIPTION = f"{TOPIC_ROOT}/+/#"
+# The gateway → central topics only: commands on the shared broker (a flood of junk ones
+# included) are none of the central post's business and never reach it.
+SUBSCRIPTIONS = tuple(f"{TOPIC_ROOT}/+/{kind}" for kind in ("state", "tele", "evt", "ack", "blob"))
 GATEWAY_ID = re.compile(r"[a-z0-9-]{1,64}")  # PROTOCOL.md, "Transport": `{gw}`
 PROTOCOL_VERSION = 1  # "v" => 1
 
@@ -409,15 +411,35 @@ def _check_event(body: dict[str, Any]) -> None:
         if key in body:
             _tstr(body[key], f"Event.{key}")
     if "data" in body:
-        _any_map(body["data"], "Event.data")
+        data = _any_map(body["data"], "Event.data")
+        if body["code"] in UNAUTHENTICATED_CODES:
+            _check_unauthenticated(data)
+
+
+# PROTOCOL.md, "Unauthenticated input": the summary of what a gateway could not authenticate.
+UNAUTHENTICATED_CODES = ("cmd.unauthenticated", "trust.unauthenticated")
+
+
+def _check_unauthenticated(data: dict[str, Any]) -> None:
+    path = "Event.data"
+    _map(data, path, ("count", "reasons", "first", "last"), ("samples",))
+    _uint(data["count"], f"{path}.count")
+    for reason, n in _any_map(data["reasons"], f"{path}.reasons").items():
+        _uint(n, f"{path}.reasons[{reason!r}]")
+    if _uint(data["first"], f"{path}.first") > _uint(data["last"], f"{path}.last"):
+        _fail(f"{path}.first", "is after last")
+    for i, sample in enumerate(_array(data.get("samples", []), f"{path}.samples")):
+        if type(sample) is not bytes:
+            _fail(f"{path}.samples[{i}]", f"expected bstr, got {_show(sample)}")
 
 
 def _check_ack(body: dict[str, Any]) -> None:
     _uint(body["t"], "Ack.t")
     _bstr(body["cmd"], "Ack.cmd", COMMAND_ID_BYTES)
     _choice(body["status"], "Ack.status", ACK_STATUSES)
-    if "reason" in body:
-        _tstr(body["reason"], "Ack.reason")
+    for key in ("reason", "msg"):
+        if key in body:
+            _tstr(body[key], f"Ack.{key}")
 
 
 def _check_birth(body: dict[str, Any]) -> None:
@@ -440,7 +462,7 @@ def _check_death(body: dict[str, Any]) -> None:
 _BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, Any]], None]]] = {
     "Telemetry": (("t0", "r"), ("lost",), _check_telemetry),
     "Event": (("t", "kind", "code", "sev", "state"), ("src", "msg", "data"), _check_event),
-    "Ack": (("t", "cmd", "status"), ("reason", "value"), _check_ack),
+    "Ack": (("t", "cmd", "status"), ("reason", "msg", "value"), _check_ack),
     "Birth": (("t", "online", "agent", "config", "points"), (), _check_birth),
     "Death": (("t", "online"), (), _check_death),
 }
@@ -829,11 +851,13 @@ class CentralPost:
                 async with client:
                     # no_local: never hear our own publications (commands).
                     await client.subscribe(
-                        SUBSCRIPTION, options=SubscribeOptions(qos=1, noLocal=True)
+                        [(t, SubscribeOptions(qos=1, noLocal=True)) for t in SUBSCRIPTIONS]
                     )
                     self.connections += 1
                     self._subscribed.set()
-                    _log.info("central %s subscribed to %s", self.client_id, SUBSCRIPTION)
+                    _log.info(
+                        "central %s subscribed to %s", self.client_id, ", ".join(SUBSCRIPTIONS)
+                    )
                     was_connected = True
                     backoff = BACKOFF_INITIAL_S
                     async for message in client.messages:

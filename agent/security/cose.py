@@ -19,7 +19,6 @@ its ``reason`` says which one. `LocalProtocolError` means the caller misused the
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -33,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.security import cbor_strict
 
 # Algorithm identifiers, IANA "COSE Algorithms" registry.
 ALG_EDDSA: Final = -8  # EdDSA (RFC 9053 §2.2); what senders use (PROTOCOL.md)
@@ -52,9 +53,8 @@ PUBLIC_KEY_SIZE: Final = 32  # RFC 8032 §5.1.5: an encoded Ed25519 public key
 # large cabinet (tens of KiB); 256 KiB leaves room for that and bounds what a hostile peer can
 # make the decoder allocate.
 MAX_MESSAGE_SIZE: Final = 256 * 1024
-# Deepest CBOR nesting we decode. An envelope is tag > array > header map > value; the deepest
-# third-party vector (two countersignatures in an unprotected map) needs 5. cbor2's default (400)
-# would let a small input cost deep recursion.
+# Deepest CBOR nesting we decode. An envelope is array > header map > value; the deepest
+# third-party vector (two countersignatures in an unprotected map) needs 5.
 MAX_DEPTH: Final = 16
 
 _SIG_CONTEXT: Final = "Signature1"  # RFC 9052 §4.4, context string of a COSE_Sign1
@@ -161,24 +161,16 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
 
 
-def _loads(data: bytes, what: str) -> Any:
-    """Decode exactly one CBOR item; every failure, of any exception type, is "malformed"."""
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise CoseError(
-            "malformed", f"{what}: {len(data)} bytes, more than the {MAX_MESSAGE_SIZE} accepted"
-        )
-    stream = io.BytesIO(data)
+def _loads(data: bytes, what: str, *, top_tag: bool = False) -> Any:
+    """Decode exactly one CBOR item with the restricted decoder; every failure is "malformed"."""
     try:
-        # Duplicate map keys are refused: two readers could otherwise disagree on a header.
-        item = cbor2.CBORDecoder(stream, max_depth=MAX_DEPTH, allow_duplicate_keys=False).decode()
-    except Exception as exc:
-        # cbor2 raises CBORDecodeError, but also ValueError, OverflowError, TypeError,
-        # RecursionError... from its semantic decoders; a hostile peer must not get past this.
-        raise CoseError("malformed", f"{what}: not valid CBOR ({str(exc)[:200]})") from exc
-    trailing = len(data) - stream.tell()
-    if trailing:
-        raise CoseError("malformed", f"{what}: {trailing} trailing bytes after the CBOR item")
-    return item
+        # Integer keys: COSE header labels. No tag but the outer one, duplicate keys refused
+        # (two readers could otherwise disagree on a header), nesting bounded.
+        return cbor_strict.loads(
+            data, max_size=MAX_MESSAGE_SIZE, max_depth=MAX_DEPTH, int_keys=True, top_tag=top_tag
+        )
+    except cbor_strict.CborError as exc:
+        raise CoseError("malformed", f"{what}: not accepted CBOR ({exc})") from exc
 
 
 def _check_labels(header: Mapping[Any, Any], bucket: str) -> None:
@@ -192,8 +184,8 @@ def _check_labels(header: Mapping[Any, Any], bucket: str) -> None:
 
 def _split(data: bytes, *, require_tag: bool) -> Sign1Generic:
     """Decode the outer structure and both header maps; checks shape and types only."""
-    item = _loads(data, "COSE_Sign1")
-    if isinstance(item, cbor2.CBORTag):
+    item = _loads(data, "COSE_Sign1", top_tag=True)
+    if isinstance(item, cbor_strict.Tagged):
         if item.tag != COSE_SIGN1_TAG:
             raise CoseError("bad-tag", f"CBOR tag {item.tag}, expected {COSE_SIGN1_TAG}")
         item = item.value

@@ -8,6 +8,8 @@ Two files in the gateway's data directory:
   COSE_Sign1 signed by the root key. It is re-verified against the root key at every start, so a
   file edited on disk is refused rather than trusted. Before the first update arrives there is
   no such file and the store holds no key (every command is refused as "unknown-kid").
+- ``trust.serial``: the highest serial ever applied. Should ``trust.cose`` be lost, updates up to
+  that serial are still refused as replays (an old update may list since-revoked keys).
 
 `TrustStore` is immutable: `TrustStore.apply_update` returns a new store, and whoever holds the
 store (the command verifier) swaps it. Verification of a trust update is pure
@@ -18,11 +20,11 @@ store (the command verifier) swaps it. Verification of a trust update is pure
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -34,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from agent.security import cbor_strict
 from agent.security.cose import (
     KID_SIZE,
     MAX_MESSAGE_SIZE,
@@ -49,6 +52,9 @@ from agent.security.keys import KeyFileError, load_public_key, public_raw
 ROLES: Final = ("operator", "maintenance", "admin")  # DESIGN.md, Security: roles of a key
 TRUST_ROOT: Final = "trust-root.pub"
 TRUST_FILE: Final = "trust.cose"
+# The highest serial ever applied, kept apart from trust.cose: if that file is lost, an older
+# root-signed update (which may list since-revoked keys) must still be refused as a replay.
+TRUST_SERIAL_FILE: Final = "trust.serial"
 TRUST_VERSION: Final = 1  # PROTOCOL.md, TrustUpdate: "v" => 1
 ANY_GATEWAY: Final = "*"  # PROTOCOL.md, TrustUpdate: "gw" => gw-id / "*"
 # Serial of a store that has no trust.cose yet: any uint serial is higher, so the first update
@@ -58,6 +64,8 @@ NO_SERIAL: Final = -1
 # desks, maintenance tokens, admins); the bound keeps a hostile-but-signed update from costing
 # much, and is far from the ~3,000 keys the 256 KiB message cap would allow.
 MAX_KEYS: Final = 1024
+# Largest TrustUpdate accepted: MAX_KEYS keys of ~90 bytes each fit; checked before decoding.
+MAX_TRUST_UPDATE_SIZE: Final = 128 * 1024
 # Deepest CBOR nesting of a received body: a Command is map > args map > value; a TrustUpdate is
 # map > keys array > key map > roles array. 8 leaves room for structured action arguments.
 MAX_BODY_DEPTH: Final = 8
@@ -78,12 +86,17 @@ class TrustError(Exception):
     root key), "bad-request" (malformed or schema violation), "wrong-gateway", "replay" (serial
     not higher than the current one); or "not-provisioned" when ``trust-root.pub`` is missing or
     unreadable. ``message`` says precisely what was wrong.
+
+    ``authenticated`` is True when the update's root signature verified and a later check
+    refused it (schema, gateway, serial): only such refusals are audited one by one
+    (PROTOCOL.md, "Unauthenticated input").
     """
 
-    def __init__(self, reason: TrustReason, message: str) -> None:
-        super().__init__(reason, message)  # both in args, so the error pickles
+    def __init__(self, reason: TrustReason, message: str, authenticated: bool = False) -> None:
+        super().__init__(reason, message, authenticated)  # all in args, so the error pickles
         self.reason: TrustReason = reason
         self.message = message
+        self.authenticated = authenticated
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
@@ -96,56 +109,18 @@ class BodyError(ValueError):
     """A signed body is not exactly one well-formed, untagged CBOR item (see `decode_body`)."""
 
 
-class _RefuseEveryTag(Mapping[int, Any]):
-    """``semantic_decoders`` that refuses every CBOR tag, including those cbor2 would otherwise
-    turn silently into plain values (2/3 bignums into int, 55799 and 28/29 into their content,
-    25/256 string references): no body of ours uses a tag, and a tagged value must not pass for
-    the plain one the schema asks for. cbor2 6.3 looks each tag up with ``[]``, so this mapping
-    answers for all of them (tests/unit/test_commands.py pins that behaviour)."""
-
-    def __getitem__(self, tag: int) -> Any:
-        return _refuse_tag
-
-    def __len__(self) -> int:
-        return 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-
-def _refuse_tag(*_: object) -> Any:
-    raise ValueError("CBOR tags are not allowed in a body")
-
-
-_NO_TAGS: Final = _RefuseEveryTag()
-
-
 def decode_body(data: bytes) -> Any:
-    """Decode a signed body strictly: exactly one CBOR item, no trailing bytes, no duplicate map
-    keys, map keys text or byte strings only, no tags, at most `MAX_BODY_DEPTH` levels.
+    """Decode a signed body strictly (`agent.security.cbor_strict`): exactly one CBOR item, no
+    trailing bytes, no duplicate map keys, map keys text or byte strings only, no tags (not even
+    bignums or self-described CBOR: a tagged value must not pass for the plain one the schema
+    asks for), at most `MAX_BODY_DEPTH` levels.
 
-    Maps come back as ``dict``, arrays as ``list``. Raises `BodyError` on anything else (cbor2
-    raises several exception types on hostile input; all become `BodyError`).
+    Maps come back as ``dict``, arrays as ``list``. Raises `BodyError` on anything else.
     """
-    if len(data) > MAX_MESSAGE_SIZE:
-        raise BodyError(f"{len(data)} bytes, more than the {MAX_MESSAGE_SIZE} accepted")
-    stream = io.BytesIO(data)
     try:
-        item = cbor2.CBORDecoder(
-            stream,
-            max_depth=MAX_BODY_DEPTH,
-            allow_duplicate_keys=False,
-            # Only tstr/bstr keys: no integer/float/array keys crafted to collide in a dict.
-            strict_hashable_types=True,
-            semantic_decoders=_NO_TAGS,
-            tag_hook=_refuse_tag,
-        ).decode()
-    except Exception as exc:
-        raise BodyError(f"not valid CBOR ({str(exc)[:200]})") from exc
-    trailing = len(data) - stream.tell()
-    if trailing:
-        raise BodyError(f"{trailing} trailing bytes after the CBOR item")
-    return item
+        return cbor_strict.loads(data, max_size=MAX_MESSAGE_SIZE, max_depth=MAX_BODY_DEPTH)
+    except cbor_strict.CborError as exc:
+        raise BodyError(f"not accepted CBOR ({exc})") from exc
 
 
 def is_uint(value: object) -> bool:
@@ -292,6 +267,10 @@ def parse_trust_update(payload: bytes) -> TrustUpdate:
 
 def _verified_update(root: Ed25519PublicKey, root_kid: bytes, data: bytes) -> TrustUpdate:
     """Envelope, signer (the root key only) and signature, then the body schema."""
+    if len(data) > MAX_TRUST_UPDATE_SIZE:
+        raise TrustError(
+            "bad-request", f"{len(data)} bytes, more than the {MAX_TRUST_UPDATE_SIZE} accepted"
+        )
     try:
         msg = decode_envelope(data)
     except CoseError as exc:
@@ -315,7 +294,10 @@ def _verified_update(root: Ed25519PublicKey, root_kid: bytes, data: bytes) -> Tr
         verify(msg, root)
     except CoseError as exc:
         raise TrustError("bad-signature", "signature does not verify with the root key") from exc
-    return parse_trust_update(msg.payload)
+    try:
+        return parse_trust_update(msg.payload)
+    except TrustError as exc:
+        raise TrustError(exc.reason, exc.message, authenticated=True) from exc
 
 
 def _read_file(path: Path) -> bytes | None:
@@ -328,6 +310,14 @@ def _read_file(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OSError(f"{path}: not a regular file")
         return f.read(MAX_MESSAGE_SIZE + 1)
+
+
+def _read_serial(path: Path) -> int:
+    """The serial in ``trust.serial``, or `NO_SERIAL` if there is none or it is unreadable text
+    (its loss then only weakens replay protection back to what trust.cose says)."""
+    data = _read_file(path)
+    text = (data or b"").strip()
+    return int(text) if text.isdigit() and len(text) <= 20 else NO_SERIAL
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -404,18 +394,28 @@ class TrustStore:
         path = data_dir / TRUST_FILE
         try:
             data = _read_file(path)
+            highest = _read_serial(data_dir / TRUST_SERIAL_FILE)
         except OSError as exc:
-            raise TrustError("not-provisioned", f"{path}: cannot read: {exc}") from exc
+            raise TrustError("not-provisioned", f"{exc.filename}: cannot read: {exc}") from exc
         if data is None:
-            return store
+            # trust.cose lost (or never received): no key, but no going back below the highest
+            # serial this gateway ever applied.
+            return dataclasses.replace(store, serial=max(NO_SERIAL, highest))
         try:
-            return store.verify_update(data)
+            loaded = store.verify_update(data)
+            if loaded.serial < highest:
+                raise TrustError(
+                    "replay",
+                    f"serial {loaded.serial} is below {highest}, the highest ever applied "
+                    f"({TRUST_SERIAL_FILE}): an older update must not come back",
+                )
         except TrustError as exc:
             raise TrustError(
                 exc.reason,
                 f"{path}: {exc.message}; delete it and have the central post send a new trust "
                 f"update (or, if {TRUST_ROOT} is the wrong root key, provision the right one)",
             ) from exc
+        return loaded
 
     def key(self, kid: bytes) -> TrustedKey | None:
         """The trusted key with this kid, or None."""
@@ -436,11 +436,15 @@ class TrustStore:
         update = _verified_update(self.root_key, self.root_kid, data)
         if update.gw not in (self.gw, ANY_GATEWAY):
             raise TrustError(
-                "wrong-gateway", f"update is for gateway {update.gw!r}, this is {self.gw!r}"
+                "wrong-gateway",
+                f"update is for gateway {update.gw!r}, this is {self.gw!r}",
+                authenticated=True,
             )
         if update.serial <= self.serial:
             raise TrustError(
-                "replay", f"serial {update.serial} is not higher than the current {self.serial}"
+                "replay",
+                f"serial {update.serial} is not higher than the current {self.serial}",
+                authenticated=True,
             )
         return TrustStore(
             root_kid=self.root_kid,
@@ -452,9 +456,9 @@ class TrustStore:
         )
 
     def apply_update(self, data: bytes, *, data_dir: Path, now_ms: int) -> TrustStore:
-        """Verify a received TrustUpdate (`verify_update`), persist it as ``trust.cose``
-        atomically (temporary file, fsync, rename, fsync of the directory) and return the new
-        store. This store is left unchanged.
+        """Verify a received TrustUpdate (`verify_update`), persist it as ``trust.cose`` and its
+        serial as ``trust.serial``, each atomically (temporary file, fsync, rename, fsync of the
+        directory), and return the new store. This store is left unchanged.
 
         ``now_ms`` is not used for a decision: trust updates are ordered by serial, not by time,
         so a gateway whose clock is wrong can still be re-keyed. An ``OSError`` from writing
@@ -462,6 +466,9 @@ class TrustStore:
         """
         new = self.verify_update(data)
         _write_atomically(data_dir / TRUST_FILE, data)
+        # After trust.cose: a crash in between leaves the higher serial in trust.cose, which
+        # load() takes as the floor anyway.
+        _write_atomically(data_dir / TRUST_SERIAL_FILE, f"{new.serial}\n".encode())
         return new
 
 

@@ -47,7 +47,13 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
+def agent_extra_config() -> str:
+    """TOML appended to the agent's configuration (a test module overrides this fixture)."""
+    return ""
+
+
+@pytest.fixture
+async def site(tmp_path: Path, broker: Mosquitto, agent_extra_config: str) -> AsyncIterator[Site]:
     """A running gateway: cabinet on a pty line, agent process, central post, mosquitto.
 
     The agent reaches the broker through a proxy that tests can cut or stall, like
@@ -68,7 +74,7 @@ async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
             central_dir, broker=broker.url, gateways={GATEWAY_ID: tmp_path / "gateway.pub"}
         )
         config = tmp_path / "agent.toml"
-        config.write_text(agent_config(cabinet, link.url))
+        config.write_text(agent_config(cabinet, link.url) + agent_extra_config)
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
         )

@@ -322,27 +322,41 @@ def _envelope(**options: Any) -> Make:
 BAD = "bad-request"
 REJECT_CASES: list[Any] = [
     # envelope
-    case("size", _body(args={"blob": bytes(MAX_COMMAND_SIZE)}), BAD, "65536 accepted", UNREADABLE),
+    case(
+        "size",
+        _body(args={"blob": bytes(MAX_COMMAND_SIZE)}),
+        BAD,
+        f"{MAX_COMMAND_SIZE} accepted",
+        UNREADABLE,
+    ),
     case("junk", lambda: b"\xff\x00", BAD, "envelope malformed", UNREADABLE),
-    case("untagged", _envelope(tag=None), BAD, "envelope bad-tag"),
+    case("untagged", _envelope(tag=None), BAD, "envelope bad-tag", UNREADABLE),
     # Tag 98 is COSE_Sign, another structure: not read at all.
     case("wrong-tag", _envelope(tag=98), BAD, "envelope bad-tag", UNREADABLE),
-    case("es256-alg", _envelope(alg=-7), "bad-signature", "envelope bad-alg"),
-    case("no-kid", _envelope(protected_map={1: -8}), "unknown-kid", "envelope bad-kid"),
+    case("es256-alg", _envelope(alg=-7), "bad-signature", "envelope bad-alg", UNREADABLE),
+    case("no-kid", _envelope(protected_map={1: -8}), "unknown-kid", "envelope bad-kid", UNREADABLE),
     # signer
     case(
         "unknown-kid",
         lambda: signed(STRANGER),
         "unknown-kid",
         f"kid {kid(STRANGER).hex()} is not in the trust store (serial 1)",
+        UNREADABLE,
     ),
-    case("key-expired", lambda: signed(EXPIRED), "unknown-kid", f"not valid at {NOW}"),
-    case("key-not-yet-valid", lambda: signed(FUTURE), "unknown-kid", f"not valid at {NOW}"),
+    case("key-expired", lambda: signed(EXPIRED), "unknown-kid", f"not valid at {NOW}", UNREADABLE),
+    case(
+        "key-not-yet-valid",
+        lambda: signed(FUTURE),
+        "unknown-kid",
+        f"not valid at {NOW}",
+        UNREADABLE,
+    ),
     case(
         "forged-kid",
         lambda: sign1(STRANGER, cbor2.dumps(body()), kid_=kid(OPERATOR)),
         "bad-signature",
         "signature does not verify",
+        UNREADABLE,
     ),
     # body: strict CBOR
     case("trailing", _payload(cbor2.dumps(body()) + b"\x00"), BAD, "trailing bytes", UNREADABLE),
@@ -350,31 +364,31 @@ REJECT_CASES: list[Any] = [
         "duplicate-key",
         _payload(bytes.fromhex("a2617601617601")),  # {"v": 1, "v": 1}
         BAD,
-        "Duplicate map key",
+        "duplicate map key",
         UNREADABLE,
     ),
     case(
         "self-described",
         _payload(cbor2.dumps(cbor2.CBORTag(55799, body()))),
         BAD,
-        "not valid CBOR",
+        "CBOR tag 55799 not accepted",
         UNREADABLE,
     ),
     case(
         "bignum-time",
         _payload(cbor2.dumps(body(iat=cbor2.CBORTag(2, b"\x01")))),
         BAD,
-        "not valid CBOR",
+        "CBOR tag 2 not accepted",
         UNREADABLE,
     ),
     case(
         "tag-in-args",
         _payload(cbor2.dumps(body(args={"when": cbor2.CBORTag(1, 0)}))),
         BAD,
-        "not valid CBOR",
+        "CBOR tag 1 not accepted",
         UNREADABLE,
     ),
-    case("too-deep", _body(args={"a": [[[[[[[[1]]]]]]]]}), BAD, "depth", UNREADABLE),
+    case("too-deep", _body(args={"a": [[[[[[[[1]]]]]]]]}), BAD, "nested deeper", UNREADABLE),
     case("array", _payload(cbor2.dumps([body()])), BAD, "must be a map", UNREADABLE),
     # body: the CDDL
     case("extra", _body(colour="red"), BAD, "unknown keys 'colour'"),
@@ -435,6 +449,10 @@ def test_check__each_refusal_has_its_reason(
     assert detail in error.detail
     assert (error.cmd_id, error.gw) == readable
     assert str(error) == f"{reason}: {error.detail}"
+    # Nothing is read from a payload whose signature did not verify with a trusted key.
+    unauthenticated = reason in ("unknown-kid", "bad-signature") or "envelope" in error.detail
+    unauthenticated = unauthenticated or "bytes, more than the" in error.detail  # oversized
+    assert error.authenticated is not unauthenticated
 
 
 def test_check__replay() -> None:
@@ -453,12 +471,13 @@ def test_rejected__pickles() -> None:
     """A refusal can cross a process boundary (e.g. to a log worker) intact."""
     error = rejected(signed(prio=8))
     copy = pickle.loads(pickle.dumps(error))
-    assert (copy.reason, copy.detail, copy.cmd_id, copy.gw, copy.kid) == (
+    assert (copy.reason, copy.detail, copy.cmd_id, copy.gw, copy.kid, copy.authenticated) == (
         error.reason,
         error.detail,
         error.cmd_id,
         error.gw,
         error.kid,
+        True,
     )
 
 

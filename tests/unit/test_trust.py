@@ -19,15 +19,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.security.trust import (
+    MAX_KEYS,
+    MAX_TRUST_UPDATE_SIZE,
     NO_SERIAL,
     TRUST_FILE,
     TRUST_ROOT,
+    TRUST_SERIAL_FILE,
     TrustedKey,
     TrustError,
     TrustStore,
     parse_trust_update,
     sign_trust_update,
 )
+from agent.uplink import MAX_PACKET_SIZE
 
 GW = "cab-0001"
 T0 = 1_700_000_000_000  # ms
@@ -188,7 +192,7 @@ def test_apply_update__higher_serial_is_persisted(
     assert reloaded == store4
     assert (data_dir / TRUST_FILE).read_bytes() == second  # stored exactly as received
     assert sorted(p.name for p in data_dir.iterdir()) == sorted(
-        [TRUST_FILE, TRUST_ROOT]
+        [TRUST_FILE, TRUST_ROOT, TRUST_SERIAL_FILE]
     )  # no temp file
 
 
@@ -208,6 +212,52 @@ def test_apply_update__serial_not_higher_is_a_replay(
     assert info.value.reason == "replay"
     assert f"serial {serial} is not higher than the current 3" in info.value.message
     assert (data_dir / TRUST_FILE).read_bytes() == before
+
+
+def test_load__lost_trust_file_still_refuses_older_updates(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """Losing trust.cose would let an attacker replay an old update listing a revoked key."""
+    old = sign1(root, cbor2.dumps(body(3, [entry(operator)])))
+    store = TrustStore.load(data_dir, gw=GW).apply_update(old, data_dir=data_dir, now_ms=T0)
+    store.apply_update(sign1(root, cbor2.dumps(body(4, []))), data_dir=data_dir, now_ms=T0)
+    (data_dir / TRUST_FILE).unlink()
+
+    reloaded = TrustStore.load(data_dir, gw=GW)
+    assert (reloaded.serial, dict(reloaded.keys)) == (4, {})
+    error = refused(reloaded, old)
+    assert (error.reason, error.authenticated) == ("replay", True)
+    newer = sign1(root, cbor2.dumps(body(5, [entry(operator)])))
+    assert reloaded.verify_update(newer).serial == 5
+
+
+def test_load__older_trust_file_put_back_is_refused(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """A backup of trust.cose restored over a newer one would bring revoked keys back."""
+    old = sign1(root, cbor2.dumps(body(3, [entry(operator)])))
+    store = TrustStore.load(data_dir, gw=GW).apply_update(old, data_dir=data_dir, now_ms=T0)
+    store.apply_update(sign1(root, cbor2.dumps(body(4, []))), data_dir=data_dir, now_ms=T0)
+    (data_dir / TRUST_FILE).write_bytes(old)
+    with pytest.raises(TrustError) as info:
+        TrustStore.load(data_dir, gw=GW)
+    assert info.value.reason == "replay"
+    assert "below 4, the highest ever applied" in info.value.message
+
+
+def test_verify_update__only_signed_refusals_are_authenticated(
+    data_dir: Path, root: Ed25519PrivateKey, operator: Ed25519PrivateKey
+) -> None:
+    """Junk on the trust topic would be audited one by one like a genuine refusal."""
+    store = TrustStore.load(data_dir, gw=GW)
+    assert refused(store, b"junk").authenticated is False
+    assert refused(store, sign1(operator, cbor2.dumps(body(1, [])))).authenticated is False
+    forged = sign1(operator, cbor2.dumps(body(1, [])), kid_=kid(root))
+    assert refused(store, forged).authenticated is False
+    bad_schema = sign1(root, cbor2.dumps({**body(1, []), "x": 1}))
+    assert refused(store, bad_schema).authenticated is True
+    other_gw = sign1(root, cbor2.dumps(body(1, [], gw="cab-9")))
+    assert refused(store, other_gw).authenticated is True
 
 
 def test_apply_update__first_update_may_have_serial_zero(
@@ -405,3 +455,22 @@ def test_verify_update__arbitrary_bytes_only_trust_error(data: bytes) -> None:
     store = TrustStore.empty(Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key(), gw=GW)
     with pytest.raises(TrustError):
         store.verify_update(data)
+
+
+def test_limits__largest_update_fits_the_size_and_packet_limits(
+    data_dir: Path, root: Ed25519PrivateKey
+) -> None:
+    """A central post listing the most keys allowed could never re-key the gateway."""
+    entries = [
+        entry(Ed25519PrivateKey.generate(), "operator", "maintenance", nbf=T0, exp=T0 * 2)
+        for _ in range(MAX_KEYS)
+    ]
+    data = sign1(root, cbor2.dumps(body(2**32, entries)))
+    assert len(data) <= MAX_TRUST_UPDATE_SIZE
+    assert TrustStore.load(data_dir, gw=GW).verify_update(data).serial == 2**32
+    # The MQTT Maximum Packet Size the gateway declares leaves room for it and its topic.
+    assert MAX_TRUST_UPDATE_SIZE + 1024 < MAX_PACKET_SIZE
+    too_big = sign1(root, cbor2.dumps(body(1, [], gw=GW) | {"pad": bytes(MAX_TRUST_UPDATE_SIZE)}))
+    error = refused(TrustStore.load(data_dir, gw=GW), too_big)
+    assert (error.reason, error.authenticated) == ("bad-request", False)
+    assert f"more than the {MAX_TRUST_UPDATE_SIZE} accepted" in error.message
