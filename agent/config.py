@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from agent.board import Board, BoardError, SerialPort, load_board
 from agent.commands import DEFAULT_POLICIES, OPS, RolePolicy
+from agent.rules import Rule, default_rules, parse_rules
 from agent.security.trust import ROLES
 from drivers.profile import (
     PointSpec,
@@ -154,6 +155,7 @@ class Config:
     polling: PollingConfig
     commands: CommandsConfig
     devices: tuple[DeviceConfig, ...]
+    rules: tuple[Rule, ...]
     digest: bytes
 
     def points(self) -> list[tuple[str, DeviceConfig, PointSpec]]:
@@ -185,6 +187,8 @@ def load_config(path: Path) -> Config:
     polling = _polling(root.table("polling", required=False))
     commands = _commands(root.table("commands", required=False))
     devices = _devices(root.tables("devices", required=False), board, here)
+    # The shipped rule set applies unless the file has its own [[rules]] (DESIGN.md, Rules).
+    rules = parse_rules(root.tables("rules")) if root.has("rules") else default_rules()
     root.close()
     if problems.errors or board is None:
         raise ConfigError(problems.errors)
@@ -198,6 +202,7 @@ def load_config(path: Path) -> Config:
         polling=polling,
         commands=commands,
         devices=devices,
+        rules=rules,
         digest=b"",
     )
     return dataclasses.replace(config, digest=_digest(config))

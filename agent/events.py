@@ -118,6 +118,22 @@ class Events:
             )
             self._outbox.clear_alarm(item, code=DEVICE_COMM_FAIL, src=device)
 
+    def rule_alarm(self, *, code: str, severity: int, src: str, raised: bool, msg: str) -> None:
+        """Raise or clear a fail-safe rule's alarm, once per transition, remembered across
+        restarts (``src`` "" for a rule about the whole cabinet)."""
+        item = self.pending(
+            MsgClass.ALARM,
+            code=code,
+            severity=Severity(severity) if raised else Severity.NOTICE,
+            state="raised" if raised else "cleared",
+            src=src or None,
+            msg=msg,
+        )
+        if raised:
+            self._outbox.raise_alarm(item, code=code, src=src)
+        else:
+            self._outbox.clear_alarm(item, code=code, src=src)
+
     def startup(self, *, version: str) -> None:
         """``agent.start``, then what earlier boots left to report: unclean stops, a
         replaced database."""

@@ -29,6 +29,7 @@ from agent.outbox import Outbox
 from agent.points import Points, Value
 from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
+from agent.rules import AlarmAction, Context, DeviceAction, Effects, RulesEngine
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
@@ -123,6 +124,24 @@ class Agent:
             defaults={name: spec.default for name, spec in self._writable.items()},
             write_device=self._write_device,
         )
+        self.rules = RulesEngine(
+            rules=config.rules,
+            points=self.points,
+            clock=clock,
+            effects=Effects(
+                alarm=self._rule_alarm,
+                write=lambda point, value, prio, source: self.arbiter.write(
+                    point, value, priority=prio, source=source, hold=None
+                ),
+                relinquish=lambda point, prio, source: self.arbiter.relinquish(
+                    point, priority=prio, source=source
+                ),
+                device_action=self._device_action,
+            ),
+            writable=list(self._writable),
+            context=self._rules_context(),
+            active=self.outbox.active_alarms,
+        )
         self.downlink = Downlink(
             gw=config.gateway,
             verifier=self._verifier(),
@@ -151,6 +170,18 @@ class Agent:
             subscriptions=(Topic.CMD, Topic.TRUST),
             on_message=self.downlink.handle,
         )
+
+    def _rules_context(self) -> Context:
+        return Context(uplink_online=lambda: self.uplink.online.is_set())
+
+    def _rule_alarm(self, action: AlarmAction, src: str, raised: bool, msg: str) -> None:
+        self.events.rule_alarm(
+            code=action.code, severity=action.severity, src=src, raised=raised, msg=msg
+        )
+
+    async def _device_action(self, action: DeviceAction, src: str) -> None:
+        # No driver offers actions yet (cameras will): say so once per firing.
+        log.warning("rule asks %s for %r: no such device action", action.device, action.name)
 
     def _verifier(self) -> CommandVerifier | None:
         cfg = self.config
@@ -255,6 +286,7 @@ class Agent:
                     run("reporter", self.reporter.run),
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
+                    run("rules", self.rules.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))

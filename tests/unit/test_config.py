@@ -265,8 +265,8 @@ CASES = [
     ),
     pytest.param(
         BASE + '\n[logging]\nlevel = "debug"\n',
-        "logging: unknown key; known keys: board, commands, devices, gateway, polling, site, "
-        "storage, uplink",
+        "logging: unknown key; known keys: board, commands, devices, gateway, polling, rules, "
+        "site, storage, uplink",
         id="unknown-table",
     ),
     pytest.param(
