@@ -8,6 +8,7 @@ gets a short chance to drain before the process exits.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 import logging
@@ -18,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent import __version__
-from agent.arbiter import Arbiter
+from agent.arbiter import Arbiter, Priority
 from agent.clock import Clock, SystemClock, wall_ms
 from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
 from agent.events import Events
+from agent.lighting import LightingRunner
 from agent.messages import MessageFactory, Topic
 from agent.outbox import Outbox
 from agent.points import Points, Value
@@ -142,6 +144,20 @@ class Agent:
             context=self._rules_context(),
             active=self.outbox.active_alarms,
         )
+        self.lighting = LightingRunner(
+            programs=config.lighting,
+            site=config.site,
+            clock=clock,
+            now=self._schedule_time,
+            writable=list(self._writable),
+            points=self.points,
+            write=lambda point, value: self.arbiter.write(
+                point, value, priority=Priority.SCHEDULE, source="schedule", hold=None
+            ),
+            relinquish=lambda point: self.arbiter.relinquish(
+                point, priority=Priority.SCHEDULE, source="schedule"
+            ),
+        )
         self.downlink = Downlink(
             gw=config.gateway,
             verifier=self._verifier(),
@@ -171,8 +187,26 @@ class Agent:
             on_message=self.downlink.handle,
         )
 
+    def _schedule_time(self) -> float | None:
+        return self.clock.wall()
+
     def _rules_context(self) -> Context:
-        return Context(uplink_online=lambda: self.uplink.online.is_set())
+        return Context(
+            uplink_online=lambda: self.uplink.online.is_set(),
+            night=self._is_night,
+            local_minutes=self._local_minutes,
+        )
+
+    def _is_night(self) -> bool | None:
+        states = self.lighting.states
+        return any(s.level > 0 for s in states.values()) if states else None
+
+    def _local_minutes(self) -> int | None:
+        t = self._schedule_time()
+        if t is None:
+            return None
+        local = datetime.datetime.fromtimestamp(t, self.config.site.zone)
+        return local.hour * 60 + local.minute
 
     def _rule_alarm(self, action: AlarmAction, src: str, raised: bool, msg: str) -> None:
         self.events.rule_alarm(
@@ -287,6 +321,7 @@ class Agent:
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
                     run("rules", self.rules.run),
+                    run("lighting", self.lighting.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))

@@ -138,15 +138,23 @@ def agent_config(
     *,
     gateway: str = GATEWAY_ID,
     capacity_mb: float | None = None,
+    root_extra: str = "",
+    tail: str = "",
 ) -> str:
-    """The gateway configuration for this cabinet, as TOML text."""
+    """The gateway configuration for this cabinet, as TOML text.
+
+    ``root_extra`` is TOML inserted among the top-level keys (``lighting = []``), ``tail``
+    is appended after the devices (``[[lighting]]``, ``[failsafe]`` tables).
+    """
     lines = [
         "# Written by `armoire sim`: the configuration of the simulated gateway.",
         f'gateway = "{gateway}"',
+        *([root_extra.rstrip("\n")] if root_extra else []),
         "",
+        "# Dijon (Côte-d'Or): the lighting schedule's sunset and sunrise are computed here.",
         "[site]",
-        "latitude = 45.7640",
-        "longitude = 4.8357",
+        "latitude = 47.32",
+        "longitude = 5.04",
         'timezone = "Europe/Paris"',
         "",
         "[board]",
@@ -181,6 +189,8 @@ def agent_config(
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
         ]
+    if tail:
+        lines += ["", tail.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -264,9 +264,9 @@ CASES = [
         id="unknown-key-in-optional-table",
     ),
     pytest.param(
-        BASE + '\n[logging]\nlevel = "debug"\n',
-        "logging: unknown key; known keys: board, commands, devices, gateway, polling, rules, "
-        "site, storage, uplink",
+        BASE + '\n[metrics]\nlevel = "debug"\n',
+        "metrics: unknown key; known keys: board, commands, devices, failsafe, gateway, "
+        "lighting, polling, rules, site, storage, uplink",
         id="unknown-table",
     ),
     pytest.param(
@@ -511,6 +511,7 @@ def test_load_config__commands_settings_and_narrowed_role(workdir: Path) -> None
         frozenset({"write", "action"}),
         ("lamp-*/*", "contactor/*"),
         ("ping", "selftest"),
+        frozenset({14}),  # narrowing keeps the schedule's level reserved
     )
     assert commands.policies["admin"] == DEFAULT_POLICIES["admin"]
 
