@@ -20,11 +20,14 @@ from typing import Any
 
 from agent import __version__
 from agent.arbiter import Arbiter, Priority
+from agent.autonomy import Autonomy
 from agent.clock import Clock, SystemClock, wall_ms
+from agent.clock_trust import STATE_FILE as CLOCK_FILE
+from agent.clock_trust import ClockTrust
 from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
-from agent.events import Events
+from agent.events import LINK_AUTONOMOUS, Events
 from agent.lighting import LightingRunner
 from agent.messages import MessageFactory, Topic
 from agent.outbox import Outbox
@@ -37,6 +40,16 @@ from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
 from agent.supervisor import supervise
 from agent.uplink import Uplink
+from agent.watchdog import (
+    FEEDS_PER_TIMEOUT,
+    WDIOF_CARDRESET,
+    Liveness,
+    RebootCause,
+    Watchdog,
+    kernel_boot_id,
+    previous_kernel,
+    reboot_cause,
+)
 from drivers.modbus.transport import RtuTransport
 from drivers.profile import encode, in_range
 
@@ -70,7 +83,24 @@ class Agent:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
-        self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
+        failsafe = config.failsafe
+        self.clock_trust = ClockTrust(
+            clock,
+            path=data_dir / CLOCK_FILE,
+            max_jump=failsafe.clock_max_jump,
+            require_ntp=failsafe.clock_ntp,
+        )
+        # How the previous run ended, read before startup() reports the unclean boots.
+        boot = self.outbox.boot
+        self._previous_clean = not any(u.boot == boot - 1 for u in self.outbox.unclean)
+        self._same_kernel = previous_kernel(data_dir, kernel_boot_id())
+        self.reboot: RebootCause | None = None
+        self.factory = MessageFactory(
+            gw=config.gateway,
+            boot=self.outbox.boot,
+            signer=Signer(key),
+            clock_quality=lambda: int(self.clock_trust.quality),
+        )
         self.events = Events(
             gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
         )
@@ -185,10 +215,46 @@ class Agent:
             agent_version=__version__,
             subscriptions=(Topic.CMD, Topic.TRUST),
             on_message=self.downlink.handle,
+            birth_fields=self._birth_fields,
+        )
+        self.autonomy = Autonomy(
+            clock=clock,
+            online=self.uplink.online.is_set,
+            after=failsafe.autonomous_after,
+            report=lambda mode, seconds: self.events.autonomous(mode.value, seconds),
+            resumed=(LINK_AUTONOMOUS, "") in self.outbox.active_alarms,
+        )
+        self.liveness = Liveness(clock)
+        for poller in self.pollers:
+            # A poll cycle, its retries and the backoff of a silent device, with margin.
+            deadline = max(
+                failsafe.loop_deadline, 2 * poller.device.poll + config.polling.backoff_max
+            )
+            self.liveness.watch(
+                f"driver[{poller.device.name}].poll",
+                lambda p=poller: p.polls,  # type: ignore[misc]
+                deadline,
+            )
+        self.liveness.watch("rules", lambda: self.rules.ticks, failsafe.loop_deadline)
+        self.liveness.watch("lighting", lambda: self.lighting.ticks, failsafe.loop_deadline)
+        self.liveness.watch("reporter", lambda: self.reporter.cycles, failsafe.loop_deadline)
+        timeout = config.board.watchdog_timeout
+        self.watchdog = Watchdog(
+            clock=clock,
+            liveness=self.liveness,
+            device=config.board.watchdog,
+            interval=timeout / FEEDS_PER_TIMEOUT if timeout else 10.0,
         )
 
     def _schedule_time(self) -> float | None:
-        return self.clock.wall()
+        # The schedule runs on the last trusted time carried forward when the RTC is wrong.
+        return self.clock_trust.now()
+
+    def _birth_fields(self) -> dict[str, str]:
+        fields = {"mode": self.autonomy.mode.value}
+        if self.reboot is not None:
+            fields["reboot"] = self.reboot
+        return fields
 
     def _rules_context(self) -> Context:
         return Context(
@@ -279,6 +345,30 @@ class Agent:
                 p.device.name: {"state": p.state.value, "polls": p.polls, "failures": p.failures}
                 for p in self.pollers
             },
+            "failsafe": self._failsafe_status(),
+        }
+
+    def _failsafe_status(self) -> dict[str, Any]:
+        return {
+            "mode": self.autonomy.mode.value,
+            "clock": self.clock_trust.statistics(),
+            "reboot": self.reboot,
+            "watchdog": {"feeds": self.watchdog.feeds, "starved": self.watchdog.starved},
+            "rules": {
+                f"{i.rule.name}[{i.src}]" if i.src else i.rule.name: i.phase.value
+                for i in self.rules.instances()
+                if i.phase.value != "idle"
+            },
+            "lighting": {
+                name: {
+                    "level": st.level,
+                    "on": st.on.isoformat(),
+                    "off": st.off.isoformat(),
+                    "next": st.next_switch.isoformat() if st.next_switch else None,
+                    "photocell": st.photocell,
+                }
+                for name, st in self.lighting.states.items()
+            },
         }
 
     def write_status(self) -> None:
@@ -303,9 +393,18 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         await self._open_lines()
-        self.events.startup(version=__version__)
+        self.watchdog.open()
+        status = self.watchdog.boot_status
+        self.reboot = reboot_cause(
+            first_run=self.outbox.boot == 1,
+            clean=self._previous_clean,
+            watchdog_reset=None if status is None else bool(status & WDIOF_CARDRESET),
+            same_kernel=self._same_kernel,
+        )
+        self.events.startup(version=__version__, reboot=self.reboot)
         # After a restart the priority arrays are empty: devices go back to their
         # defaults, so no hold ever outlives the agent.
+        clean = False
         failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
         if failures:
             log.warning("could not write the defaults of %s", ", ".join(sorted(failures)))
@@ -322,6 +421,9 @@ class Agent:
                     run("arbiter", self.arbiter.run),
                     run("rules", self.rules.run),
                     run("lighting", self.lighting.run),
+                    run("clock", self.clock_trust.run),
+                    run("autonomy", self.autonomy.run),
+                    run("watchdog", self.watchdog.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
@@ -332,6 +434,7 @@ class Agent:
                     )
                     for i, p in enumerate(self.pollers)
                 ]
+                self.watchdog.ready()
                 await stop.wait()
                 for task in others:
                     task.cancel()
@@ -339,7 +442,11 @@ class Agent:
                 await self._drain()
                 await self.uplink.farewell()
                 uplink.cancel()
+            clean = True
         finally:
+            # A deliberate stop disarms the watchdog; anything else leaves it to reset us.
+            self.watchdog.close(clean=clean)
+            self.clock_trust.close()
             self.write_status()
             for transport in self.transports.values():
                 await transport.close()
