@@ -65,7 +65,12 @@ async def site(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Site]:
 
 @contextlib.asynccontextmanager
 async def open_site(
-    tmp_path: Path, broker: Mosquitto, *, root_extra: str = "", tail: str = ""
+    tmp_path: Path,
+    broker: Mosquitto,
+    *,
+    root_extra: str = "",
+    tail: str = "",
+    place: tuple[float, float, str] | None = None,
 ) -> AsyncIterator[Site]:
     """The ``site`` fixture's gateway, with extra agent configuration."""
     async with contextlib.AsyncExitStack() as stack:
@@ -83,7 +88,9 @@ async def open_site(
             central_dir, broker=broker.url, gateways={GATEWAY_ID: tmp_path / "gateway.pub"}
         )
         config = tmp_path / "agent.toml"
-        config.write_text(agent_config(cabinet, link.url, root_extra=root_extra, tail=tail))
+        config.write_text(
+            agent_config(cabinet, link.url, root_extra=root_extra, tail=tail, place=place)
+        )
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
         )
