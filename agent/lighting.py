@@ -183,7 +183,15 @@ def night(day: dt.date, site: Site, program: Program) -> Night:
     zone = site.zone
     observer = Observer(latitude=site.latitude, longitude=site.longitude)
     dusk = _sun_edge(observer, day, program, zone, dusk=True)
-    dawn = _sun_edge(observer, day + dt.timedelta(days=1), program, zone, dusk=False)
+    dawn = None
+    if dusk is not None:
+        # The first dawn after this dusk: the next local day's, unless the time zone is
+        # far from solar time (a calendar day then holds a dawn before its dusk).
+        dawns = (
+            _sun_edge(observer, day + dt.timedelta(days=n), program, zone, dusk=False)
+            for n in (0, 1, 2)
+        )
+        dawn = next((d for d in dawns if d is not None and d > dusk), None)
     if dusk is None or dawn is None:
         # The sun stays up or down all day: decide by its height at local noon.
         noon = dt.datetime.combine(day, dt.time(12), tzinfo=zone)

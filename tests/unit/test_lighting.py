@@ -247,3 +247,12 @@ async def test_runner__photocell_point_switches_on_in_a_storm() -> None:
     await runner.step()
     assert [v for _, _, v in writes.log] == [0, 100]
     assert runner.states["street"].photocell
+
+
+def test_night__site_far_from_its_time_zone_has_a_night_shorter_than_a_day() -> None:
+    """On the equator near the date line with UTC as time zone, each night still lasts
+    about 12 hours (the first dawn after dusk), never a day and a half."""
+    site = SiteConfig(latitude=0.0, longitude=-178.7, timezone="UTC")
+    for day in (SUMMER, WINTER):
+        n = night(day, site, DEFAULT_PROGRAM)
+        assert dt.timedelta(hours=11) < n.off - n.on < dt.timedelta(hours=13)
