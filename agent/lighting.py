@@ -507,7 +507,17 @@ class LightingRunner:
         while True:
             await self.step()
             self.ticks += 1
-            await self._clock.sleep(self._tick)
+            await self._clock.sleep(self._next_delay())
+
+    def _next_delay(self) -> float:
+        """Until the next tick, or the next switching instant if it comes sooner (so the
+        lamps switch on the instant, not up to a tick later)."""
+        now = self._now()
+        upcoming = [s.next_switch for s in self.states.values() if s.next_switch is not None]
+        if now is None or not upcoming:
+            return self._tick
+        until = min(upcoming).timestamp() - now
+        return min(self._tick, max(until, 0.001))
 
 
 SCHEDULE_PRIORITY: Final = int(Priority.SCHEDULE)
