@@ -509,6 +509,7 @@ class RulesEngine:
         self._context = context or Context()
         self._instances: dict[tuple[str, str], Instance] = {}
         self._known: set[str] = set()
+        self._matches: dict[tuple[str, str], list[str]] = {}  # (pattern, device) -> names
         # Which rules a point name concerns, computed once per new name.
         self._concerns: dict[str, list[Rule]] = {}
         self._work: deque[Work] = deque()
@@ -548,6 +549,7 @@ class RulesEngine:
         if rules is None:
             rules = self._concerns[name] = [r for r in self.rules if _mentions(r, name)]
             self._known.add(name)
+            self._matches.clear()
             for rule in rules:
                 if rule.per_device and rule.subject and fnmatchcase(name, rule.subject):
                     self._instance(rule, _device_of(name))
@@ -662,12 +664,18 @@ class RulesEngine:
         if not _GLOB.search(pattern):
             sample = self._points.get(pattern)
             return [sample] if sample is not None else []
+        names = self._matches.get((pattern, src))
+        if names is None:  # once per pattern and device, until a new point appears
+            names = self._matches[(pattern, src)] = [
+                n
+                for n in self._known
+                if (not src or _device_of(n) == src) and fnmatchcase(n, pattern)
+            ]
         samples = []
-        for name in self._known:
-            if (not src or _device_of(name) == src) and fnmatchcase(name, pattern):
-                sample = self._points.get(name)
-                if sample is not None:
-                    samples.append(sample)
+        for name in names:
+            sample = self._points.get(name)
+            if sample is not None:
+                samples.append(sample)
         return samples
 
     # ---------------------------------------------------------------- effects

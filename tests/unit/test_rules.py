@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock
+from agent.events import Events
+from agent.messages import MessageFactory
+from agent.outbox import Outbox
 from agent.points import Points, Quality, Sample, Value
 from agent.rules import (
     TRANSITIONS,
@@ -24,6 +28,7 @@ from agent.rules import (
     default_rules,
     parse_rules,
 )
+from agent.security.cose import Signer
 from drivers.profile import Problems, Section, read_toml
 
 LAMPS = [f"lamp-0{i}" for i in range(1, 4)]
@@ -38,6 +43,8 @@ class Record:
     writes: list[tuple[str, Value, int, str]] = field(default_factory=list)
     relinquished: list[tuple[str, int]] = field(default_factory=list)
     actions: list[tuple[str, str]] = field(default_factory=list)
+    # Where alarms also go (the real Events, in the restart test).
+    sink: Callable[[AlarmAction, str, bool, str], None] | None = None
 
     def effects(self) -> Effects:
         async def write(point: str, value: Value, prio: int, source: str) -> None:
@@ -51,6 +58,8 @@ class Record:
 
         def alarm(action: AlarmAction, src: str, raised: bool, msg: str) -> None:
             self.alarms.append((action.code, src, raised, msg))
+            if self.sink is not None:
+                self.sink(action, src, raised, msg)
 
         return Effects(alarm=alarm, write=write, relinquish=relinquish, device_action=device_action)
 
@@ -379,3 +388,95 @@ def test_parse_rules__errors_name_the_path(text: str, error: str, tmp_path: Path
     assert data is not None
     parse_rules(Section(problems, "", data).tables("rules"))
     assert f"gw.toml: {error}" in problems.errors, problems.errors
+
+
+async def test_restart__rule_alarm_persisted_by_the_outbox(tmp_path: Path) -> None:
+    """A mains.lost alarm raised before a restart is still known after it: the new run
+    neither raises it again nor forgets to clear it when the mains come back."""
+
+    def run_with_outbox(clock: FakeClock) -> tuple[Outbox, Record]:
+        box = Outbox.open(tmp_path, clock)
+        events = Events(
+            gw="gw-1",
+            factory=MessageFactory(gw="gw-1", boot=box.boot, signer=Signer(key)),
+            outbox=box,
+            clock=clock,
+        )
+
+        def alarm(action: AlarmAction, src: str, raised: bool, msg: str) -> None:
+            events.rule_alarm(
+                code=action.code, severity=action.severity, src=src, raised=raised, msg=msg
+            )
+
+        return box, Record(sink=alarm)
+
+    key = Ed25519PrivateKey.generate()
+    clock = FakeClock()
+    box, record = run_with_outbox(clock)
+    b, task = await _bench(clock, active=box.active_alarms, record=record)
+    b.set("cabinet/mains", False)
+    await b.run_for(3)
+    assert record.raised("mains.lost") == ["cabinet"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    b.engine.close()
+    box.close()
+
+    box, record = run_with_outbox(clock)
+    assert ("mains.lost", "cabinet") in box.active_alarms
+    b, task = await _bench(clock, active=box.active_alarms, record=record)
+    try:
+        b.set("cabinet/mains", False)
+        await b.run_for(60)
+        assert record.alarms == []  # not repeated
+        b.set("cabinet/mains", True)
+        await b.run_for(11)
+        assert record.cleared("mains.lost") == ["cabinet"]
+        assert ("mains.lost", "cabinet") not in box.active_alarms
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        box.close()
+
+
+# Each default rule: the points that trip it and the points that calm it.
+SCENARIOS: dict[str, tuple[dict[str, Value], dict[str, Value], str]] = {
+    "lamp-failure": ({"lamp-01/failure": True}, {"lamp-01/failure": False}, "lamp-01"),
+    "cabinet-overtemp": ({"env/temperature": 60.0}, {"env/temperature": 40.0}, "env"),
+    "road-ice": (
+        {"road/surface_temp": 0.0, "env/humidity": 95.0},
+        {"road/surface_temp": 3.0, "env/humidity": 95.0},
+        "road",
+    ),
+    "door-intrusion": ({"cabinet/door": True}, {"cabinet/door": False}, "cabinet"),
+    "mains-lost": ({"cabinet/mains": False}, {"cabinet/mains": True}, "cabinet"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_default_rule__noise_faster_than_hold_off_raises_nothing_then_one_cycle(
+    name: str, bench: Bench
+) -> None:
+    """A trigger chattering faster than the rule's hold-off raises nothing; held, it raises
+    exactly one alarm; calmed, exactly one clear."""
+    rule = next(r for r in bench.engine.rules if r.name == name)
+    assert rule.alarm is not None
+    trip, calm, src = SCENARIOS[name]
+    half = rule.hold_off / 2
+    for _ in range(10):
+        for point, value in trip.items():
+            bench.set(point, value)
+        await bench.run_for(half)
+        for point, value in calm.items():
+            bench.set(point, value)
+        await bench.run_for(half)
+    assert bench.record.alarms == []
+    for point, value in trip.items():
+        bench.set(point, value)
+    await bench.run_for(rule.hold_off + 1)
+    for point, value in calm.items():
+        bench.set(point, value)
+    await bench.run_for(rule.clear_after + 1)
+    code = rule.alarm.code
+    assert bench.record.raised(code) == [src]
+    assert bench.record.cleared(code) == [src]
