@@ -135,7 +135,8 @@ class ClockTrust:
                 self._last_saved = mono
         else:
             quality = ClockQuality.HOLDOVER if self._anchor else ClockQuality.UNTRUSTED
-        if quality is not self.quality or reason != self.reason:
+        changed = quality is not self.quality
+        if changed or (quality is not ClockQuality.TRUSTED and reason != self.reason):
             if quality is ClockQuality.TRUSTED:
                 log.info("wall clock trusted (%s)", reason)
             else:

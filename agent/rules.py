@@ -54,6 +54,9 @@ RULE_PRIORITIES: Final = (1, 5)
 # Longest hold-off / clear delay: a day. A rule slower than that is a report, not a fail-safe.
 MAX_DELAY: Final = 86400.0
 DEFAULT_RULES: Final = "default_rules.toml"
+# Loop iterations given to fail-safe writes before an alarm is committed: the Arbiter's
+# write spawns a shielded task that calls the driver, a few hops to the serial port.
+WRITE_HEAD_START: Final = 4
 
 
 # ------------------------------------------------------------------ the state machine
@@ -718,6 +721,10 @@ class RulesEngine:
                     else self._effects.relinquish(point, action.priority, source)
                 )
                 pending.append(asyncio.ensure_future(coro))
+        # Let the writes reach their transports (arbiter task, then the driver's request on
+        # the line) before the alarm's synchronous commit holds the loop for its fsync.
+        for _ in range(WRITE_HEAD_START if pending else 0):
+            await asyncio.sleep(0)
         if isinstance(work, Fire):
             log.warning("rule %s fired%s", rule.name, f" for {src}" if src else "")
         elif isinstance(work, Release):

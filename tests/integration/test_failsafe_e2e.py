@@ -15,7 +15,8 @@ import pytest
 
 from agent.lighting import DEFAULT_PROGRAM, night
 from sim.broker import Mosquitto
-from tests.integration.conftest import open_site
+from sim.central import CentralPost
+from tests.integration.conftest import Site, open_site
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +101,40 @@ async def test_failsafe__link_cut_at_dusk_lamps_switch_on_by_themselves(
         )
         codes = [e["code"] for e in site.central.events]
         assert codes.count("link.autonomous") == 2
+        # The Birth made as the link came back says the gateway was on its own until then.
+        await site.central.wait_for(
+            lambda c: c.state.get(site.gw, {}).get("mode") == "autonomous", WAIT_S
+        )
+        # The critical loops were alive all along: the simulated board's watchdog was fed.
+        assert site.cabinet.watchdog_feeds() > 0
+
+
+async def test_failsafe__birth_and_agent_start_say_how_the_previous_run_ended(
+    site: Site,
+) -> None:
+    """After a clean restart the control room reads reboot = clean; after the process is
+    killed, crash (same kernel, no clean-stop marker)."""
+
+    def birth_of(boot: int) -> Callable[[CentralPost], bool]:
+        return lambda c: c.state.get(site.gw, {}).get("boot") == boot
+
+    await site.central.wait_for(birth_of(1), WAIT_S)
+    assert "reboot" not in site.central.state[site.gw]  # the very first run
+    await site.agent.stop()
+    await site.agent.start()
+    await site.central.wait_for(birth_of(2), WAIT_S)
+    assert site.central.state[site.gw]["reboot"] == "clean"
+    assert site.central.state[site.gw]["mode"] == "normal"
+    assert site.agent.proc is not None
+    site.agent.proc.kill()
+    await site.agent.proc.wait()
+    await site.agent.start()
+    await site.central.wait_for(birth_of(3), WAIT_S)
+    assert site.central.state[site.gw]["reboot"] == "crash"
+    await site.central.wait_for(
+        lambda c: any(
+            e["code"] == "agent.start" and e["boot"] == 3 and e["data"].get("reboot") == "crash"
+            for e in c.events
+        ),
+        WAIT_S,
+    )
