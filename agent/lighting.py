@@ -397,8 +397,9 @@ class LightingRunner:
     """Applies each group's program at priority 14, on the trusted wall time.
 
     ``now`` returns the trusted wall time (seconds since the epoch) or None when the
-    agent has no trustworthy time at all: then the schedule's entries are relinquished,
-    so the lamps fall back to their relinquish default (lit), the safe side at night.
+    agent has no trustworthy time at all: then a photocell, if the group has one, decides
+    alone; without one the schedule's entries are relinquished, so the lamps fall back to
+    their relinquish default (lit), the safe side at night.
     ``write`` and ``relinquish`` are the Arbiter's, bound to level 14.
     """
 
@@ -440,10 +441,12 @@ class LightingRunner:
                 log.warning("lighting group %s matches no writable point", program.name)
 
     def desired(self, program: Program, t: float | None) -> int | None:
-        """The level the group should be at (None: no trusted time, leave it to defaults)."""
+        """The level the group should be at (None: no time and no photocell to go by, leave
+        the lamps to their lit defaults)."""
         if t is None:
             self.states.pop(program.name, None)
-            return None
+            dark = self._dark(program)  # without a clock, the sky itself decides
+            return None if dark is None else (program.level if dark else 0)
         instant = dt.datetime.fromtimestamp(t, dt.UTC)
         level, current = level_at(instant, self.site, program)
         final = with_photocell(level, self._dark(program), instant, current, program)

@@ -256,3 +256,31 @@ def test_night__site_far_from_its_time_zone_has_a_night_shorter_than_a_day() -> 
     for day in (SUMMER, WINTER):
         n = night(day, site, DEFAULT_PROGRAM)
         assert dt.timedelta(hours=11) < n.off - n.on < dt.timedelta(hours=13)
+
+
+async def test_runner__no_time_at_all_follows_the_photocell() -> None:
+    """With no trustworthy time but a photocell, the lamps follow the sky: off in daylight,
+    on when it gets dark — never lit all day because the clock was lost."""
+    clock = FakeClock()
+    writes = Writes(clock)
+    points = Points()
+    program = dataclasses.replace(
+        DEFAULT_PROGRAM, photocell=Photocell(point="env/lux", dark_below=30, margin=1800)
+    )
+    runner = LightingRunner(
+        programs=(program,),
+        site=DIJON,
+        clock=clock,
+        now=lambda: None,
+        writable=["lamp-01/level"],
+        points=points,
+        write=writes.write,
+        relinquish=writes.relinquish,
+    )
+    points.update(Sample(name="env/lux", value=5000.0, quality=Quality.GOOD, t_ms=0))
+    await runner.step()
+    points.update(Sample(name="env/lux", value=3.0, quality=Quality.GOOD, t_ms=0))
+    await runner.step()
+    points.update(Sample(name="env/lux", value=None, quality=Quality.COMM_FAIL, t_ms=0))
+    await runner.step()
+    assert [v for _, _, v in writes.log] == [0, 100, None]
