@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import sys
@@ -43,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a configuration file and exit")
     check.add_argument("--config", required=True, type=Path, metavar="FILE")
+
+    sched = sub.add_parser(
+        "schedule",
+        help="print the lighting program's switching instants and dimming steps",
+        description="For each lighting group of the configuration, the nights the agent "
+        "will apply: switching instants (UTC and local time) and dimming steps.",
+    )
+    sched.add_argument("--config", required=True, type=Path, metavar="FILE")
+    sched.add_argument(
+        "--from",
+        dest="first",
+        type=_iso_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="first evening (default: today, local time of the site)",
+    )
+    sched.add_argument("--days", type=_days, default=7, metavar="N", help="nights (default 7)")
+    sched.add_argument("--json", action="store_true", help="one JSON document")
 
     keys = sub.add_parser("keys", help="manage the gateway's signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -107,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args.config, args.log_level)
         case "check":
             return _check(args.config)
+        case "schedule":
+            return _schedule(args)
         case "keys":
             return _keys(args)
         case "sim":
@@ -149,6 +170,63 @@ def _run(path: Path, log_level: str | None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         pass
+    return EXIT_OK
+
+
+def _iso_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+def _days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 366:
+        raise argparse.ArgumentTypeError(f"expected 1..366 nights, got {text!r}")
+    return int(text)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from agent.lighting import schedule
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    zone = config.site.zone
+    first = args.first or dt.datetime.now(zone).date()
+    groups = []
+    for program in config.lighting:
+        nights = []
+        for n in schedule(first, args.days, config.site, program):
+            steps = [
+                {"utc": t.isoformat(), "local": t.astimezone(zone).isoformat(), "level": lvl}
+                for t, lvl in n.steps
+            ]
+            nights.append(
+                {
+                    "evening": n.evening.isoformat(),
+                    "on": {"utc": n.on.isoformat(), "local": n.on.astimezone(zone).isoformat()},
+                    "off": {"utc": n.off.isoformat(), "local": n.off.astimezone(zone).isoformat()},
+                    "steps": steps,
+                    "exception": n.exception,
+                }
+            )
+        groups.append({"group": program.name, "lamps": list(program.lamps), "nights": nights})
+    if args.json:
+        print(json.dumps({"site": config.site.timezone, "groups": groups}, indent=1))
+        return EXIT_OK
+    for group in groups:
+        print(f"lighting group {group['group']} ({', '.join(group['lamps'])})")
+        for n in group["nights"]:
+            on, off = n["on"], n["off"]
+            print(
+                f"  {n['evening']}  on  {on['local'][11:16]} local ({on['utc'][11:16]} UTC)"
+                f"  off {off['local'][11:16]} local ({off['utc'][11:16]} UTC)"
+                + ("  [exception]" if n["exception"] else "")
+            )
+            for step in n["steps"]:
+                print(f"      {step['local'][11:16]} local ({step['utc'][11:16]} UTC)  "
+                      f"{step['level']:3d} %")  # fmt: skip
     return EXIT_OK
 
 

@@ -74,6 +74,7 @@ REASONS: Final[tuple[Reason, ...]] = (
 
 COMMAND_VERSION: Final = 1  # PROTOCOL.md, Command: "v" => 1
 ID_SIZE: Final = 16  # PROTOCOL.md, Command: "id" => bstr .size 16
+SCHEDULE_LEVEL: Final = 14  # DESIGN.md, Arbiter: the local schedule's level
 PRIORITY_RANGE: Final = (1, 16)  # PROTOCOL.md, Command "prio" 1..16 (DESIGN.md, Arbiter)
 DEFAULT_PRIORITY: Final = 10  # PROTOCOL.md, Command: "default 10" (DESIGN.md: central post)
 # Largest command accepted. A command is a few hundred bytes even with action arguments; 4 KiB
@@ -146,13 +147,15 @@ def _rejected(
 
 @dataclass(frozen=True, slots=True)
 class RolePolicy:
-    """What a role may do over MQTT: priority levels (inclusive), ops, and the points and
-    action names it may address (``fnmatch`` patterns, case-sensitive; ``*`` matches ``/``)."""
+    """What a role may do over MQTT: priority levels (inclusive) less the ``reserved`` ones,
+    ops, and the points and action names it may address (``fnmatch`` patterns,
+    case-sensitive; ``*`` matches ``/``)."""
 
     priorities: tuple[int, int]
     ops: frozenset[str]
     points: tuple[str, ...]
     actions: tuple[str, ...]
+    reserved: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         lo, hi = self.priorities
@@ -172,18 +175,22 @@ class RolePolicy:
         lo, hi = self.priorities
         if not lo <= prio <= hi:
             return f"priority {prio} outside {lo}..{hi}"
+        if prio in self.reserved:
+            return f"priority {prio} is reserved (14: the local lighting schedule)"
         if point is None or not any(fnmatchcase(point, p) for p in self.points):
             return f"point {_show(point)} not allowed"
         return None
 
 
 _ALL_OPS: Final = frozenset(OPS)
-# DESIGN.md, Arbiter: 8 is the technician on site, 10 the central post; 1-2 life safety and
-# 3-5 fail-safe rules are for admins only. "maintenance" has no entry: nothing over MQTT (its
-# tokens act at level 8 through the console only).
+# DESIGN.md, Arbiter: 8 is the technician on site, 10 the central post, 14 the local lighting
+# schedule (operators neither write nor relinquish it: they override it from a higher level,
+# and their holds lapse back to it); 1-2 life safety and 3-5 fail-safe rules are for admins
+# only. "maintenance" has no entry: nothing over MQTT (its tokens act at level 8 through the
+# console only).
 DEFAULT_POLICIES: Final[Mapping[str, RolePolicy]] = MappingProxyType(
     {
-        "operator": RolePolicy((9, 16), _ALL_OPS, ("*",), ("*",)),
+        "operator": RolePolicy((9, 16), _ALL_OPS, ("*",), ("*",), frozenset({SCHEDULE_LEVEL})),
         "admin": RolePolicy((1, 16), _ALL_OPS, ("*",), ("*",)),
     }
 )

@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 from agent.board import Board, BoardError, SerialPort, load_board
 from agent.commands import DEFAULT_POLICIES, OPS, RolePolicy
+from agent.lighting import DEFAULT_PROGRAM, Program, parse_lighting
 from agent.logsetup import DEFAULT_LEVEL, LEVELS
+from agent.rules import Rule, default_rules, parse_rules
 from agent.security.trust import ROLES
 from drivers.profile import (
     PointSpec,
@@ -140,6 +142,23 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailsafeConfig:
+    """The local fail-safe layer (``[failsafe]``, optional). Seconds throughout.
+
+    ``autonomous_after``: uplink down this long and the gateway enters autonomous mode.
+    ``clock_max_jump``: a wall-clock step larger than this against the monotonic clock
+    makes the wall clock untrusted. ``clock_ntp``: also trust the wall clock only while the
+    kernel says NTP keeps it synchronised. ``loop_deadline``: a critical loop silent this
+    long stops the watchdog's feeding (the board then resets the gateway).
+    """
+
+    autonomous_after: float
+    clock_max_jump: float
+    clock_ntp: bool
+    loop_deadline: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """One field device: its driver, the serial port it hangs on, its unit address, its model."""
 
@@ -165,6 +184,9 @@ class Config:
     commands: CommandsConfig
     devices: tuple[DeviceConfig, ...]
     log: LogConfig
+    rules: tuple[Rule, ...]
+    lighting: tuple[Program, ...]
+    failsafe: FailsafeConfig
     digest: bytes
 
     def points(self) -> list[tuple[str, DeviceConfig, PointSpec]]:
@@ -197,6 +219,16 @@ def load_config(path: Path) -> Config:
     commands = _commands(root.table("commands", required=False))
     log_config = _log(root.table("log", required=False))
     devices = _devices(root.tables("devices", required=False), board, here)
+    # The shipped rule set applies unless the file has its own [[rules]] (DESIGN.md, Rules).
+    rules = parse_rules(root.tables("rules")) if root.has("rules") else default_rules()
+    failsafe = _failsafe(root.table("failsafe", required=False))
+    # With no program: on at sunset, off at sunrise, every lamp and the contactor;
+    # `lighting = []` for a cabinet whose lamps the schedule must not drive.
+    lighting = (
+        parse_lighting(root.tables("lighting", required=False))
+        if root.has("lighting")
+        else (DEFAULT_PROGRAM,)
+    )
     root.close()
     if problems.errors or board is None:
         raise ConfigError(problems.errors)
@@ -211,6 +243,9 @@ def load_config(path: Path) -> Config:
         commands=commands,
         devices=devices,
         log=log_config,
+        rules=rules,
+        lighting=lighting,
+        failsafe=failsafe,
         digest=b"",
     )
     return dataclasses.replace(config, digest=_digest(config))
@@ -335,6 +370,23 @@ def _log(sec: Section) -> LogConfig:
     return log_config
 
 
+def _failsafe(sec: Section) -> FailsafeConfig:
+    failsafe = FailsafeConfig(
+        # Ten minutes: longer than a broker restart or a cellular hand-over, short enough
+        # that the control room's silence is not mistaken for its consent for long.
+        autonomous_after=sec.number("autonomous_after", 1, 86400, default=600.0),
+        # NTP steps a drifting RTC by seconds; a step of minutes is an RTC reset or a
+        # hostile time source.
+        clock_max_jump=sec.number("clock_max_jump", 1, 86400, default=120.0),
+        clock_ntp=sec.boolean("ntp", default=False),
+        # A poll cycle with retries and backoff fits well within a minute; the board's
+        # watchdog (30 s on armoire-gw1) then resets a gateway stuck past that.
+        loop_deadline=sec.number("loop_deadline", 5, 3600, default=90.0),
+    )
+    sec.close()
+    return failsafe
+
+
 def _polling(sec: Section) -> PollingConfig:
     polling = PollingConfig(
         response_timeout=sec.number("response_timeout", 0.01, 10, default=0.3),
@@ -424,7 +476,7 @@ def _narrowed(sec: Section, role: str, default: RolePolicy) -> RolePolicy:
             sec.error(key, f"{show(wider[0])} widens the default {key} of role {show(role)}")
     sec.close()
     # Each value above is the default unless it was valid, so this never fails to build.
-    return RolePolicy(priorities, ops, points, actions)
+    return RolePolicy(priorities, ops, points, actions, default.reserved)
 
 
 def _strings(

@@ -16,6 +16,7 @@ from agent.outbox import Evictions, MsgClass, Outbox, Pending
 from agent.polling import LinkState
 
 DEVICE_COMM_FAIL = "device.comm_fail"
+LINK_AUTONOMOUS = "link.autonomous"
 
 
 class Events:
@@ -118,17 +119,57 @@ class Events:
             )
             self._outbox.clear_alarm(item, code=DEVICE_COMM_FAIL, src=device)
 
-    def startup(self, *, version: str) -> None:
-        """``agent.start``, then what earlier boots left to report: unclean stops, a
-        replaced database."""
+    def rule_alarm(self, *, code: str, severity: int, src: str, raised: bool, msg: str) -> None:
+        """Raise or clear a fail-safe rule's alarm, once per transition, remembered across
+        restarts (``src`` "" for a rule about the whole cabinet)."""
+        item = self.pending(
+            MsgClass.ALARM,
+            code=code,
+            severity=Severity(severity) if raised else Severity.NOTICE,
+            state="raised" if raised else "cleared",
+            src=src or None,
+            msg=msg,
+        )
+        if raised:
+            self._outbox.raise_alarm(item, code=code, src=src)
+        else:
+            self._outbox.clear_alarm(item, code=code, src=src)
+
+    def autonomous(self, mode: str, seconds: float) -> None:
+        """``link.autonomous`` on entering (``seconds`` offline) and leaving (``duration_s``)
+        autonomous mode; remembered across restarts like an alarm."""
+        entering = mode == "autonomous"
+        item = self.pending(
+            MsgClass.EVENT,
+            code=LINK_AUTONOMOUS,
+            severity=Severity.WARNING if entering else Severity.NOTICE,
+            state="info",
+            msg=(
+                f"central post unreachable for {seconds:.0f} s: autonomous mode"
+                if entering
+                else f"central post reachable again after {seconds:.0f} s of autonomous mode"
+            ),
+            data={"mode": mode, "offline_s" if entering else "duration_s": round(seconds)},
+        )
+        if entering:
+            self._outbox.raise_alarm(item, code=LINK_AUTONOMOUS, src="")
+        else:
+            self._outbox.clear_alarm(item, code=LINK_AUTONOMOUS, src="")
+
+    def startup(self, *, version: str, reboot: str | None = None) -> None:
+        """``agent.start`` (with how the previous run ended, ``reboot``, when known), then
+        what earlier boots left to report: unclean stops, a replaced database."""
         boot = self._outbox.boot
+        data: dict[str, Any] = {"version": version, "boot": boot}
+        if reboot is not None:
+            data["reboot"] = reboot
         self.append(
             MsgClass.EVENT,
             code="agent.start",
             severity=Severity.NOTICE,
             state="info",
-            msg=f"armoire {version} boot {boot}",
-            data={"version": version, "boot": boot},
+            msg=f"armoire {version} boot {boot}" + (f" (previous run: {reboot})" if reboot else ""),
+            data=data,
         )
         now = wall_ms(self._clock)
         # What a crash or power cut cost: readings taken after the last commit.

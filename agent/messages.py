@@ -7,7 +7,7 @@ shapes here, and only here, makes the wire contract reviewable in one file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
@@ -18,6 +18,9 @@ from agent.points import Quality, Value
 from agent.security.cose import Signer
 
 PROTOCOL_VERSION = 1
+# PROTOCOL.md, Birth "reboot" and "mode".
+REBOOT_CAUSES = ("clean", "crash", "watchdog", "power", "unknown")
+MODES = ("normal", "autonomous")
 TOPIC_ROOT = "armoire/v1"
 
 
@@ -72,13 +75,31 @@ def _wire_value(value: Value) -> Value:
 class MessageFactory:
     """Builds and signs the gateway's messages for one boot."""
 
-    def __init__(self, *, gw: str, boot: int, signer: Signer) -> None:
+    def __init__(
+        self,
+        *,
+        gw: str,
+        boot: int,
+        signer: Signer,
+        clock_quality: Callable[[], int] | None = None,
+    ) -> None:
         self.gw = gw
         self.boot = boot
         self._signer = signer
+        # PROTOCOL.md, gw-header "clk": 0 trusted (then absent), 1 holdover, 2 untrusted.
+        self._clock_quality = clock_quality
 
     def _header(self, seq: int) -> dict[str, Any]:
-        return {"v": PROTOCOL_VERSION, "gw": self.gw, "boot": self.boot, "seq": seq}
+        header: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "gw": self.gw,
+            "boot": self.boot,
+            "seq": seq,
+        }
+        clk = self._clock_quality() if self._clock_quality is not None else 0
+        if clk:
+            header["clk"] = int(clk)
+        return header
 
     def _seal(self, body: Mapping[str, Any]) -> bytes:
         return self._signer.sign(cbor2.dumps(body))
@@ -154,8 +175,11 @@ class MessageFactory:
         agent_version: str,
         config_digest: bytes,
         points: Mapping[str, tuple[str, bool]],
+        mode: str | None = None,
+        reboot: str | None = None,
     ) -> bytes:
-        """The retained Birth; ``points`` maps each point to (unit, writable)."""
+        """The retained Birth; ``points`` maps each point to (unit, writable). ``mode``
+        (normal / autonomous) and ``reboot`` (how the previous run ended) when known."""
         body = self._header(last_seq)
         body.update(
             t=t_ms,
@@ -164,6 +188,14 @@ class MessageFactory:
             config=config_digest,
             points={name: {"unit": unit, "w": w} for name, (unit, w) in points.items()},
         )
+        if reboot is not None:
+            if reboot not in REBOOT_CAUSES:
+                raise ValueError(f"reboot {reboot!r} is not one of {', '.join(REBOOT_CAUSES)}")
+            body["reboot"] = reboot
+        if mode is not None:
+            if mode not in MODES:
+                raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+            body["mode"] = mode
         return self._seal(body)
 
     def death(self, last_seq: int, *, t_ms: int) -> bytes:

@@ -92,6 +92,7 @@ class Reporter:
         self._staged_since: float | None = float("-inf") if outbox.staged_rows else None
         self.readings_sent = 0
         self.batches_sent = 0
+        self.cycles = 0  # run() iterations: the watchdog's sign of life
         self._unsubscribe = points.subscribe(self._observe)
 
     def _observe(self, sample: Sample, previous: Sample | None) -> None:
@@ -187,6 +188,7 @@ class Reporter:
         """Every batch interval: heartbeats, one group commit, and a seal when due."""
         while True:
             await self._clock.sleep(self._interval)
+            self.cycles += 1
             self.heartbeat()
             self.commit()
             if self.due():

@@ -8,6 +8,7 @@ gets a short chance to drain before the process exits.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 import logging
@@ -18,24 +19,39 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent import __version__
-from agent.arbiter import Arbiter
+from agent.arbiter import Arbiter, Priority
+from agent.autonomy import Autonomy
 from agent.clock import Clock, SystemClock, wall_ms
+from agent.clock_trust import STATE_FILE as CLOCK_FILE
+from agent.clock_trust import ClockTrust
 from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
-from agent.events import Events
+from agent.events import LINK_AUTONOMOUS, Events
+from agent.lighting import LightingRunner
 from agent.loop_lag import LoopLag
 from agent.messages import MessageFactory, Topic
 from agent.outbox import Outbox
 from agent.points import Points, Value
 from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
+from agent.rules import AlarmAction, Context, DeviceAction, Effects, RulesEngine
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
 from agent.supervisor import supervise
 from agent.timefloor import TimeFloor
 from agent.uplink import Uplink
+from agent.watchdog import (
+    FEEDS_PER_TIMEOUT,
+    WDIOF_CARDRESET,
+    Liveness,
+    RebootCause,
+    Watchdog,
+    kernel_boot_id,
+    previous_kernel,
+    reboot_cause,
+)
 from drivers.modbus.transport import RtuTransport
 from drivers.profile import encode, in_range
 
@@ -74,7 +90,24 @@ class Agent:
         if self.outbox.recovery is not None:
             # Commands issued before now may have had their ids in the lost file.
             self.outbox.raise_replay_floor(self.time_floor.now_ms())
-        self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
+        failsafe = config.failsafe
+        self.clock_trust = ClockTrust(
+            clock,
+            path=data_dir / CLOCK_FILE,
+            max_jump=failsafe.clock_max_jump,
+            require_ntp=failsafe.clock_ntp,
+        )
+        # How the previous run ended, read before startup() reports the unclean boots.
+        boot = self.outbox.boot
+        self._previous_clean = not any(u.boot == boot - 1 for u in self.outbox.unclean)
+        self._same_kernel = previous_kernel(data_dir, kernel_boot_id())
+        self.reboot: RebootCause | None = None
+        self.factory = MessageFactory(
+            gw=config.gateway,
+            boot=self.outbox.boot,
+            signer=Signer(key),
+            clock_quality=lambda: int(self.clock_trust.quality),
+        )
         self.events = Events(
             gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
         )
@@ -130,6 +163,38 @@ class Agent:
             defaults={name: spec.default for name, spec in self._writable.items()},
             write_device=self._write_device,
         )
+        self.rules = RulesEngine(
+            rules=config.rules,
+            points=self.points,
+            clock=clock,
+            effects=Effects(
+                alarm=self._rule_alarm,
+                write=lambda point, value, prio, source: self.arbiter.write(
+                    point, value, priority=prio, source=source, hold=None
+                ),
+                relinquish=lambda point, prio, source: self.arbiter.relinquish(
+                    point, priority=prio, source=source
+                ),
+                device_action=self._device_action,
+            ),
+            writable=list(self._writable),
+            context=self._rules_context(),
+            active=self.outbox.active_alarms,
+        )
+        self.lighting = LightingRunner(
+            programs=config.lighting,
+            site=config.site,
+            clock=clock,
+            now=self._schedule_time,
+            writable=list(self._writable),
+            points=self.points,
+            write=lambda point, value: self.arbiter.write(
+                point, value, priority=Priority.SCHEDULE, source="schedule", hold=None
+            ),
+            relinquish=lambda point: self.arbiter.relinquish(
+                point, priority=Priority.SCHEDULE, source="schedule"
+            ),
+        )
         self.downlink = Downlink(
             gw=config.gateway,
             verifier=self._verifier(),
@@ -159,7 +224,73 @@ class Agent:
             agent_version=__version__,
             subscriptions=(Topic.CMD, Topic.TRUST),
             on_message=self.downlink.handle,
+            birth_fields=self._birth_fields,
         )
+        self.autonomy = Autonomy(
+            clock=clock,
+            online=self.uplink.online.is_set,
+            after=failsafe.autonomous_after,
+            report=lambda mode, seconds: self.events.autonomous(mode.value, seconds),
+            resumed=(LINK_AUTONOMOUS, "") in self.outbox.active_alarms,
+        )
+        self.liveness = Liveness(clock)
+        for poller in self.pollers:
+            # A poll cycle, its retries and the backoff of a silent device, with margin.
+            deadline = max(
+                failsafe.loop_deadline, 2 * poller.device.poll + config.polling.backoff_max
+            )
+            self.liveness.watch(
+                f"driver[{poller.device.name}].poll",
+                lambda p=poller: p.polls,  # type: ignore[misc]
+                deadline,
+            )
+        self.liveness.watch("rules", lambda: self.rules.ticks, failsafe.loop_deadline)
+        self.liveness.watch("lighting", lambda: self.lighting.ticks, failsafe.loop_deadline)
+        self.liveness.watch("reporter", lambda: self.reporter.cycles, failsafe.loop_deadline)
+        timeout = config.board.watchdog_timeout
+        self.watchdog = Watchdog(
+            clock=clock,
+            liveness=self.liveness,
+            device=config.board.watchdog,
+            interval=timeout / FEEDS_PER_TIMEOUT if timeout else 10.0,
+        )
+
+    def _schedule_time(self) -> float | None:
+        # The schedule runs on the last trusted time carried forward when the RTC is wrong.
+        return self.clock_trust.now()
+
+    def _birth_fields(self) -> dict[str, str]:
+        fields = {"mode": self.autonomy.mode.value}
+        if self.reboot is not None:
+            fields["reboot"] = self.reboot
+        return fields
+
+    def _rules_context(self) -> Context:
+        return Context(
+            uplink_online=lambda: self.uplink.online.is_set(),
+            night=self._is_night,
+            local_minutes=self._local_minutes,
+        )
+
+    def _is_night(self) -> bool | None:
+        states = self.lighting.states
+        return any(s.level > 0 for s in states.values()) if states else None
+
+    def _local_minutes(self) -> int | None:
+        t = self._schedule_time()
+        if t is None:
+            return None
+        local = datetime.datetime.fromtimestamp(t, self.config.site.zone)
+        return local.hour * 60 + local.minute
+
+    def _rule_alarm(self, action: AlarmAction, src: str, raised: bool, msg: str) -> None:
+        self.events.rule_alarm(
+            code=action.code, severity=action.severity, src=src, raised=raised, msg=msg
+        )
+
+    async def _device_action(self, action: DeviceAction, src: str) -> None:
+        # No driver offers actions yet (cameras will): say so once per firing.
+        log.warning("rule asks %s for %r: no such device action", action.device, action.name)
 
     def _verifier(self) -> CommandVerifier | None:
         cfg = self.config
@@ -226,6 +357,30 @@ class Agent:
                 p.device.name: {"state": p.state.value, "polls": p.polls, "failures": p.failures}
                 for p in self.pollers
             },
+            "failsafe": self._failsafe_status(),
+        }
+
+    def _failsafe_status(self) -> dict[str, Any]:
+        return {
+            "mode": self.autonomy.mode.value,
+            "clock": self.clock_trust.statistics(),
+            "reboot": self.reboot,
+            "watchdog": {"feeds": self.watchdog.feeds, "starved": self.watchdog.starved},
+            "rules": {
+                f"{i.rule.name}[{i.src}]" if i.src else i.rule.name: i.phase.value
+                for i in self.rules.instances()
+                if i.phase.value != "idle"
+            },
+            "lighting": {
+                name: {
+                    "level": st.level,
+                    "on": st.on.isoformat(),
+                    "off": st.off.isoformat(),
+                    "next": st.next_switch.isoformat() if st.next_switch else None,
+                    "photocell": st.photocell,
+                }
+                for name, st in self.lighting.states.items()
+            },
         }
 
     def write_status(self) -> None:
@@ -250,9 +405,18 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
         await self._open_lines()
-        self.events.startup(version=__version__)
+        self.watchdog.open()
+        status = self.watchdog.boot_status
+        self.reboot = reboot_cause(
+            first_run=self.outbox.boot == 1,
+            clean=self._previous_clean,
+            watchdog_reset=None if status is None else bool(status & WDIOF_CARDRESET),
+            same_kernel=self._same_kernel,
+        )
+        self.events.startup(version=__version__, reboot=self.reboot)
         # After a restart the priority arrays are empty: devices go back to their
         # defaults, so no hold ever outlives the agent.
+        clean = False
         failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
         if failures:
             log.warning("could not write the defaults of %s", ", ".join(sorted(failures)))
@@ -269,6 +433,11 @@ class Agent:
                     run("arbiter", self.arbiter.run),
                     run("downlink.summaries", self.downlink.run),
                     run("loop_lag", self.loop_lag.run),
+                    run("rules", self.rules.run),
+                    run("lighting", self.lighting.run),
+                    run("clock", self.clock_trust.run),
+                    run("autonomy", self.autonomy.run),
+                    run("watchdog", self.watchdog.run),
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
@@ -279,6 +448,7 @@ class Agent:
                     )
                     for i, p in enumerate(self.pollers)
                 ]
+                self.watchdog.ready()
                 await stop.wait()
                 for task in others:
                     task.cancel()
@@ -287,7 +457,11 @@ class Agent:
                 await self._drain()
                 await self.uplink.farewell()
                 uplink.cancel()
+            clean = True
         finally:
+            # A deliberate stop disarms the watchdog; anything else leaves it to reset us.
+            self.watchdog.close(clean=clean)
+            self.clock_trust.close()
             self.write_status()
             for transport in self.transports.values():
                 await transport.close()

@@ -96,6 +96,7 @@ class Uplink:
         on_message: MessageHandler | None = None,
         window: int = WINDOW,
         rng: random.Random | None = None,
+        birth_fields: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._config = config
         self._outbox = outbox
@@ -108,6 +109,8 @@ class Uplink:
         self._on_message = on_message
         self._window = window
         self._rng = rng or random.Random()
+        # Birth "mode" / "reboot" (PROTOCOL.md), read when each Birth is made.
+        self._birth_fields = birth_fields or dict
         self.gw = factory.gw
         self.state = LinkState.CONNECTING
         self.connects = 0
@@ -187,12 +190,15 @@ class Uplink:
     async def _serve(self, client: aiomqtt.Client) -> None:
         for sub in self._subscriptions:
             await client.subscribe(topic(self.gw, sub), qos=1)
+        extra = self._birth_fields()
         birth = self._factory.birth(
             self._outbox.last_seq,
             t_ms=wall_ms(self._clock),
             agent_version=self._version,
             config_digest=self._digest,
             points=self._birth_points,
+            mode=extra.get("mode"),
+            reboot=extra.get("reboot"),
         )
         await client.publish(topic(self.gw, Topic.STATE), birth, qos=1, retain=True)
         self.published += 1

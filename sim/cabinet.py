@@ -159,6 +159,9 @@ class Cabinet:
     ) -> None:
         self.scenario = scenario or Scenario()
         self._clock: Clock = clock or SystemClock()
+        # The simulated board's watchdog (board/sim.toml: dev/watchdog): a plain file the
+        # agent appends a byte to at each feed, "V" on its magic close.
+        self.watchdog = link_dir / "watchdog" if link_dir is not None else None
         sc = self.scenario
         self.line = VirtualSerialLine(
             baudrate=sc.baudrate if sc.wire_timing else None,
@@ -224,6 +227,9 @@ class Cabinet:
 
     async def start(self) -> None:
         """Open the line and start the devices' Modbus server on its device end."""
+        if self.watchdog is not None:
+            self.watchdog.parent.mkdir(parents=True, exist_ok=True)
+            self.watchdog.write_bytes(b"")
         await self.line.start()
         try:
             server = ModbusSerialServer(
@@ -257,6 +263,12 @@ class Cabinet:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def watchdog_feeds(self) -> int:
+        """How many times the agent fed the simulated watchdog since the cabinet started."""
+        if self.watchdog is None or not self.watchdog.exists():
+            return 0
+        return self.watchdog.read_bytes().count(b"\0")
 
     @property
     def agent_port(self) -> str:

@@ -91,6 +91,9 @@ CONFIG_DIGEST_BYTES = 32  # Birth "config": SHA-256
 COMMAND_ID_BYTES = 16  # Ack "cmd"
 
 QUALITY_MAX = 4  # Quality = &(good: 0, … overridden: 4)
+CLOCK_QUALITY_MAX = 2  # ClockQuality = &(trusted: 0, holdover: 1, untrusted: 2)
+REBOOT_CAUSES = ("clean", "crash", "watchdog", "power", "unknown")  # Birth "reboot"
+MODES = ("normal", "autonomous")  # Birth "mode"
 SEVERITY_MAX = 7  # syslog severities 0..7
 UINT_MAX = 2**64 - 1  # CBOR major types 0/1 carry 64-bit arguments (RFC 8949 §3.1)
 NINT_MIN = -(2**64)
@@ -376,6 +379,7 @@ def _number_bool_tstr_null(value: object, path: str) -> None:
 
 
 HEADER = ("v", "gw", "boot", "seq")
+HEADER_OPTIONAL = ("clk",)
 
 
 def _header(body: dict[str, Any], name: str, gw: str) -> tuple[int, int]:
@@ -383,6 +387,8 @@ def _header(body: dict[str, Any], name: str, gw: str) -> tuple[int, int]:
         _fail(f"{name}.v", f"expected {PROTOCOL_VERSION}, got {_show(body['v'])}")
     if _tstr(body["gw"], f"{name}.gw") != gw:
         _fail(f"{name}.gw", f"{body['gw']!r} is not the topic's gateway {gw!r}")
+    if "clk" in body:
+        _ranged(body["clk"], f"{name}.clk", "clock quality", CLOCK_QUALITY_MAX)
     return _uint(body["boot"], f"{name}.boot"), _uint(body["seq"], f"{name}.seq")
 
 
@@ -452,6 +458,10 @@ def _check_birth(body: dict[str, Any]) -> None:
         info = _map(info, path, ("unit", "w"))
         _tstr(info["unit"], f"{path}.unit")
         _bool(info["w"], f"{path}.w")
+    if "reboot" in body:
+        _choice(body["reboot"], "Birth.reboot", REBOOT_CAUSES)
+    if "mode" in body:
+        _choice(body["mode"], "Birth.mode", MODES)
 
 
 def _check_death(body: dict[str, Any]) -> None:
@@ -463,7 +473,7 @@ _BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, A
     "Telemetry": (("t0", "r"), ("lost",), _check_telemetry),
     "Event": (("t", "kind", "code", "sev", "state"), ("src", "msg", "data"), _check_event),
     "Ack": (("t", "cmd", "status"), ("reason", "msg", "value"), _check_ack),
-    "Birth": (("t", "online", "agent", "config", "points"), (), _check_birth),
+    "Birth": (("t", "online", "agent", "config", "points"), ("reboot", "mode"), _check_birth),
     "Death": (("t", "online"), (), _check_death),
 }
 
@@ -502,7 +512,7 @@ def check_body(kind: Kind, gw: str, body: object) -> Verified:
     """Check a decoded body against the CDDL of PROTOCOL.md for ``kind``."""
     name = _body_name(kind, body)
     required, optional, check = _BODIES[name]
-    checked = _map(body, name, (*HEADER, *required), optional)
+    checked = _map(body, name, (*HEADER, *required), (*HEADER_OPTIONAL, *optional))
     boot, seq = _header(checked, name, gw)
     check(checked)
     return Verified(kind=kind, name=name, gw=gw, boot=boot, seq=seq, body=checked)

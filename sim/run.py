@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -132,22 +133,37 @@ async def typed_command(commander: Commander, text: str) -> str:
     return f"{text}: {result}"
 
 
+# The simulator's default site (the reference deployment's metropolis).
+DIJON = (47.32, 5.04, "Europe/Paris")
+
+
 def agent_config(
     cabinet: Cabinet,
     broker_url: str,
     *,
     gateway: str = GATEWAY_ID,
     capacity_mb: float | None = None,
+    root_extra: str = "",
+    tail: str = "",
+    place: tuple[float, float, str] | None = None,
 ) -> str:
-    """The gateway configuration for this cabinet, as TOML text."""
+    """The gateway configuration for this cabinet, as TOML text.
+
+    ``root_extra`` is TOML inserted among the top-level keys (``lighting = []``), ``tail``
+    is appended after the devices (``[[lighting]]``, ``[failsafe]`` tables). ``place`` is
+    (latitude, longitude, time zone); Dijon by default.
+    """
+    latitude, longitude, timezone = place or DIJON
     lines = [
         "# Written by `armoire sim`: the configuration of the simulated gateway.",
         f'gateway = "{gateway}"',
+        *([root_extra.rstrip("\n")] if root_extra else []),
         "",
+        "# The lighting schedule's sunset and sunrise are computed for this site.",
         "[site]",
-        "latitude = 45.7640",
-        "longitude = 4.8357",
-        'timezone = "Europe/Paris"',
+        f"latitude = {latitude}",
+        f"longitude = {longitude}",
+        f'timezone = "{timezone}"',
         "",
         "[board]",
         "# The simulated board: same roles as a real one, devices under ./dev/",
@@ -181,6 +197,8 @@ def agent_config(
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
         ]
+    if tail:
+        lines += ["", tail.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +295,7 @@ class View:
             f"central post: verified {stats['verified']}  rejected {stats['rejected']}  "
             f"duplicates {stats['duplicates']}  readings {stats['readings']} "
             f"({self.rate:.1f}/s)  points {stats['points']}",
+            schedule_line(status),
             "",
             *self._device_lines(central, cabinet),
             "",
@@ -306,6 +325,23 @@ class View:
             quality = "—" if not readings else ("good" if qualities == {0} else _quality(qualities))
             values = "  ".join(f"{k}={_fmt(r.value)}" for k, r in sorted(readings.items()))
             yield f"{name:<10} {quality:<10} {values}"
+
+
+def schedule_line(status: dict[str, Any]) -> str:
+    """One line of the agent's fail-safe state: mode, clock, and each lighting group's level
+    and next switching instant (local time of the simulator's machine)."""
+    failsafe = status.get("failsafe") or {}
+    groups = []
+    for name, group in (failsafe.get("lighting") or {}).items():
+        level = group.get("level", 0)
+        nxt = group.get("next")
+        when = dt.datetime.fromisoformat(nxt).astimezone().strftime("%H:%M") if nxt else "-"
+        cell = " (photocell)" if group.get("photocell") else ""
+        groups.append(f"{name} {'on ' + str(level) + ' %' if level else 'off'}{cell}, next {when}")
+    clock = (failsafe.get("clock") or {}).get("quality", "?")
+    return f"fail-safe: mode {failsafe.get('mode', '?')}  clock {clock}  schedule " + (
+        "; ".join(groups) or "none"
+    )
 
 
 def _quality(codes: set[int]) -> str:

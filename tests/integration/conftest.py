@@ -46,6 +46,12 @@ class Site:
         return self.agent.log_path.read_text(errors="replace")[-4000:]
 
 
+# The lamps keep their relinquish defaults whatever the time of day, so that these tests
+# see the same levels at noon and at midnight; tests/integration/test_failsafe_e2e.py runs
+# the schedule.
+NO_SCHEDULE = "lighting = []\n"
+
+
 @pytest.fixture
 def agent_extra_config() -> str:
     """TOML appended to the agent's configuration (a test module overrides this fixture)."""
@@ -59,6 +65,22 @@ async def site(tmp_path: Path, broker: Mosquitto, agent_extra_config: str) -> As
     The agent reaches the broker through a proxy that tests can cut or stall, like
     the cabinet's cellular link; the central post is connected to the broker directly.
     """
+    async with open_site(
+        tmp_path, broker, root_extra=NO_SCHEDULE, tail=agent_extra_config
+    ) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def open_site(
+    tmp_path: Path,
+    broker: Mosquitto,
+    *,
+    root_extra: str = "",
+    tail: str = "",
+    place: tuple[float, float, str] | None = None,
+) -> AsyncIterator[Site]:
+    """The ``site`` fixture's gateway, with extra agent configuration."""
     async with contextlib.AsyncExitStack() as stack:
         link = await stack.enter_async_context(LinkProxy("127.0.0.1", broker.port))
         cabinet = await stack.enter_async_context(
@@ -74,7 +96,9 @@ async def site(tmp_path: Path, broker: Mosquitto, agent_extra_config: str) -> As
             central_dir, broker=broker.url, gateways={GATEWAY_ID: tmp_path / "gateway.pub"}
         )
         config = tmp_path / "agent.toml"
-        config.write_text(agent_config(cabinet, link.url) + agent_extra_config)
+        config.write_text(
+            agent_config(cabinet, link.url, root_extra=root_extra, tail=tail, place=place)
+        )
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
         )

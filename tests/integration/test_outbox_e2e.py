@@ -12,7 +12,7 @@ import pytest
 
 from sim.central import CentralPost
 from sim.run import agent_config
-from tests.integration.conftest import Site
+from tests.integration.conftest import NO_SCHEDULE, Site
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,9 @@ async def test_outbox__small_capacity_evicts_telemetry_keeps_alarms_and_counts(
     """A full outbox would drop the alarm raised during the outage, or lose data silently."""
     await site.agent.stop()
     config = site.agent.config
-    config.write_text(agent_config(site.cabinet, site.link.url, capacity_mb=0.004))
+    config.write_text(
+        agent_config(site.cabinet, site.link.url, capacity_mb=0.004, root_extra=NO_SCHEDULE)
+    )
     await site.link.cut()
     await site.agent.start()
     site.cabinet.power_off("lamp-05")  # an alarm during the outage

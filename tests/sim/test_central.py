@@ -364,6 +364,9 @@ def test_ledger__accepts_unauthenticated_summaries_and_ack_detail() -> None:
         ),
         ("state", birth(online=1), "schema: State.online: expected true (Birth) or false"),
         ("state", death(agent="x"), "schema: Death: unexpected key 'agent'"),
+        ("tele", telemetry(1, clk=3), "schema: Telemetry.clk: clock quality 3 not in 0..2"),
+        ("state", birth(mode="offline"), "schema: Birth.mode: 'offline' not one of normal"),
+        ("state", birth(reboot="panic"), "schema: Birth.reboot: 'panic' not one of clean"),
     ],
 )
 def test_ledger__schema_violations_are_named(kind: str, body: object, reason: str) -> None:
@@ -372,6 +375,16 @@ def test_ledger__schema_violations_are_named(kind: str, body: object, reason: st
     assert book.receive(topic(kind), sign(body)) is Outcome.REJECTED
     [(_, got)] = book.rejections
     assert got.startswith(reason), got
+
+
+def test_ledger__accepts_clock_quality_and_birth_mode_and_reboot() -> None:
+    """A gateway with an untrusted clock, back from autonomous mode after a watchdog reset,
+    is understood by the central post (PROTOCOL.md gw-header clk, Birth mode/reboot)."""
+    book = ledger()
+    assert book.receive(topic("tele"), sign(telemetry(1, clk=2))) is not Outcome.REJECTED
+    state = sign(birth(clk=1, mode="autonomous", reboot="watchdog"))
+    assert book.receive(topic("state"), state) is not Outcome.REJECTED
+    assert book.rejections == []
 
 
 @pytest.mark.parametrize(

@@ -91,3 +91,38 @@ def test_keys_show__no_keys_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     """Asking for keys that were never created would print a traceback."""
     assert main(["keys", "show", "--data", str(tmp_path)]) == 1
     assert "gateway.key" in capsys.readouterr().err
+
+
+def test_schedule__prints_each_night_of_the_program(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A technician checks a dimming program for two December nights before deploying it."""
+    text = (FIXTURES / "good.toml").read_text() + (
+        '\n[[lighting]]\nname = "avenue"\nlamps = ["lamp-*/level"]\n'
+        'dimming = [{ at = "22:30", level = 60 }, { at = "05:30", level = 100 }]\n'
+    )
+    config = tmp_path / "gw.toml"
+    config.write_text(text.replace('"fan-ctl.toml"', f'"{FIXTURES / "fan-ctl.toml"}"'))
+    args = ["schedule", "--config", str(config), "--from", "2026-12-21", "--days", "2", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    (group,) = out["groups"]
+    assert group["group"] == "avenue"
+    assert [n["evening"] for n in group["nights"]] == ["2026-12-21", "2026-12-22"]
+    first = group["nights"][0]
+    assert [(s["local"][11:16], s["level"]) for s in first["steps"]][1:] == [
+        ("22:30", 60),
+        ("05:30", 100),
+    ]
+    assert first["on"]["utc"].endswith("+00:00")
+    assert first["on"]["local"].endswith("+01:00")
+    assert main(["schedule", "--config", str(config), "--from", "2026-12-21"]) == 0
+    assert "22:30 local (21:30 UTC)   60 %" in capsys.readouterr().out
+
+
+def test_schedule__bad_date_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --from is refused with the expected format, not a traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(["schedule", "--config", str(FIXTURES / "good.toml"), "--from", "21/12/2026"])
+    assert exc.value.code == 2
+    assert "expected YYYY-MM-DD" in capsys.readouterr().err

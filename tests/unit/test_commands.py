@@ -253,6 +253,20 @@ def test_check__operator_cannot_override_the_technician_level() -> None:
     assert error.reason == "not-authorised"
 
 
+def test_check__operator_cannot_write_or_relinquish_the_schedule_level() -> None:
+    """Level 14 belongs to the lighting schedule: an operator overrides it from above, never
+    erases it (the street must return to its schedule when the hold lapses)."""
+    error = rejected(signed(prio=14))
+    assert (error.reason, error.detail) == (
+        "not-authorised",
+        "operator: priority 14 is reserved (14: the local lighting schedule)",
+    )
+    error = rejected(signed(op="relinquish", value=..., prio=14))
+    assert error.reason == "not-authorised"
+    for prio in (13, 15):
+        assert verifier().check(signed(prio=prio), NOW).prio == prio
+
+
 def test_check__admin_may_write_at_a_fail_safe_level() -> None:
     """An admin can override a fail-safe rule at level 3, and the command says who did."""
     cmd = verifier().check(signed(ADMIN, prio=3), NOW)

@@ -264,8 +264,9 @@ CASES = [
         id="unknown-key-in-optional-table",
     ),
     pytest.param(
-        BASE + '\n[logging]\nlevel = "debug"\n',
-        'logging: unknown key; did you mean "log"?',
+        BASE + '\n[metrics]\nlevel = "debug"\n',
+        "metrics: unknown key; known keys: board, commands, devices, failsafe, gateway, "
+        "lighting, log, polling, rules, site, storage, uplink",
         id="unknown-table",
     ),
     pytest.param(
@@ -510,6 +511,7 @@ def test_load_config__commands_settings_and_narrowed_role(workdir: Path) -> None
         frozenset({"write", "action"}),
         ("lamp-*/*", "contactor/*"),
         ("ping", "selftest"),
+        frozenset({14}),  # narrowing keeps the schedule's level reserved
     )
     assert commands.policies["admin"] == DEFAULT_POLICIES["admin"]
 
