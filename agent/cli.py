@@ -148,7 +148,7 @@ def _run(path: Path) -> int:
         asyncio.run(run_agent(config))
     except StartupError as exc:
         print(f"armoire: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         pass
     return EXIT_OK

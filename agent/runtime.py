@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,8 +23,9 @@ from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
 from agent.events import Events
+from agent.instance import AlreadyRunning, InstanceLock
 from agent.messages import MessageFactory, Topic
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxUnavailable
 from agent.points import Points, Value
 from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
@@ -47,7 +47,16 @@ DRAIN_ON_EXIT = 3.0
 
 
 class StartupError(Exception):
-    """The agent cannot start (missing keys, unusable data directory)."""
+    """The agent cannot start (missing keys, unusable data directory, already running).
+
+    ``exit_code`` follows agent/cli.py: 2 for what the technician must set up
+    (configuration, keys), 1 for a runtime condition (another agent running, a
+    data directory that cannot be written).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Agent:
@@ -63,10 +72,21 @@ class Agent:
             raise StartupError(
                 f"{exc} (create the gateway identity with: armoire keys init --data {data_dir})"
             ) from exc
+        # One agent per data directory, before anything in it is touched.
+        self.instance = InstanceLock(data_dir)
+        try:
+            self.instance.acquire()
+        except AlreadyRunning as exc:
+            raise StartupError(str(exc), exit_code=1) from exc
+        except OSError as exc:
+            raise StartupError(
+                f"cannot lock the data directory {data_dir}: {exc}", exit_code=1
+            ) from exc
         try:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
-        except (OSError, sqlite3.Error) as exc:
-            raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        except OutboxUnavailable as exc:
+            self.instance.release()
+            raise StartupError(str(exc), exit_code=1) from exc
         self.factory = MessageFactory(gw=config.gateway, boot=self.outbox.boot, signer=Signer(key))
         self.events = Events(
             gw=config.gateway, factory=self.factory, outbox=self.outbox, clock=clock
@@ -277,6 +297,7 @@ class Agent:
             for transport in self.transports.values():
                 await transport.close()
             self.outbox.close()
+            self.instance.release()
 
     async def _drain(self) -> None:
         # Give what is queued a bounded chance to leave before the process goes,
