@@ -19,6 +19,7 @@ from agent.config import DeviceConfig, PollingConfig
 from agent.points import Points, Quality, Sample, Value
 from drivers.bus_lock import URGENT
 from drivers.modbus.codec import (
+    LocalProtocolError,
     ReadHoldingRegisters,
     ReadInputRegisters,
     RegistersRead,
@@ -90,7 +91,9 @@ class DevicePoller:
         t_ms = wall_ms(self._clock)
         try:
             results = [(block, await self._read(block)) for block in self._blocks]
-        except (RemoteProtocolError, OSError) as exc:
+        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
+            # OSError includes PortUnavailable: a line that is absent or being
+            # reopened makes its devices miss polls like silent ones.
             self.failures += 1
             self._missed(exc)
             return False
@@ -143,7 +146,7 @@ class DevicePoller:
         full = self._name(spec)
         try:
             await self._transport.transact(request, priority=URGENT)
-        except (RemoteProtocolError, OSError) as exc:
+        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
             self._mark_failed(spec, wall_ms(self._clock))
             raise DeviceWriteError(full, str(exc)) from exc
         self._points.update(

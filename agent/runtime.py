@@ -248,12 +248,18 @@ class Agent:
             await self.clock.sleep(STATUS_PERIOD)
 
     async def _open_lines(self) -> None:
+        # One attempt each now, so the defaults below reach the devices that are
+        # there; the "line[...]" tasks keep retrying the others with backoff and
+        # reopen a line that goes away later. Meanwhile their devices are missed
+        # (comm_fail) and everything else runs on.
         for role, transport in self.transports.items():
-            try:
-                await transport.open()
-            except OSError as exc:
-                # The pollers count the misses and keep retrying; the uplink still runs.
-                log.error("serial line %s (%s) unavailable: %s", role, transport.port, exc)
+            if not await transport.try_open():
+                log.error(
+                    "serial line %s unavailable at start: %s; its devices count as silent "
+                    "until it opens",
+                    role,
+                    transport.last_error,
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
@@ -261,7 +267,13 @@ class Agent:
         self.events.startup(version=__version__)
         # After a restart the priority arrays are empty: devices go back to their
         # defaults, so no hold ever outlives the agent.
-        failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
+        try:
+            failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
+        except Exception:
+            # A driver bug must not keep the uplink and the outbox from running;
+            # the arbiter's own loop retries the writes.
+            log.exception("writing the defaults at start failed")
+            failures = {}
         if failures:
             log.warning("could not write the defaults of %s", ", ".join(sorted(failures)))
         try:
@@ -275,6 +287,10 @@ class Agent:
                     run("reporter", self.reporter.run),
                     run("status", self._status_loop),
                     run("arbiter", self.arbiter.run),
+                ]
+                others += [
+                    run(f"line[{role}]", transport.keep_open)
+                    for role, transport in self.transports.items()
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
