@@ -324,7 +324,13 @@ class Arbiter:
             for priority in lapsed:
                 entry = array.pop(priority)
                 self._expired += 1
-                log.debug("%s: priority %d by %s expired", point, priority, entry.source)
+                log.info(
+                    "%s: hold of %r at priority %d by %s lapsed",
+                    point,
+                    entry.value,
+                    priority,
+                    entry.source,
+                )
             retry = point in self._retry_at and self._retry_at[point] <= now
             if retry:
                 del self._retry_at[point]

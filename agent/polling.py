@@ -81,6 +81,9 @@ class DevicePoller:
         self._points_failed = False
         self.polls = 0
         self.failures = 0
+        # Wall-clock ms of the last poll and of the last answer (status, console).
+        self.last_poll_ms: int | None = None
+        self.last_answer_ms: int | None = None
 
     def _name(self, spec: PointSpec) -> str:
         return f"{self.device.name}/{spec.name}"
@@ -89,6 +92,7 @@ class DevicePoller:
         """Read every block of the device once; returns whether it answered."""
         self.polls += 1
         t_ms = wall_ms(self._clock)
+        self.last_poll_ms = t_ms
         try:
             results = [(block, await self._read(block)) for block in self._blocks]
         except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
@@ -110,6 +114,7 @@ class DevicePoller:
                 self._points.update(
                     Sample(name=self._name(spec), value=value, quality=quality, t_ms=t_ms)
                 )
+        self.last_answer_ms = t_ms
         self._answered()
         return True
 

@@ -220,21 +220,65 @@ class Agent:
         return {"devices": results}
 
     def status(self) -> dict[str, Any]:
+        """What ``armoire status`` shows (status.json); times are wall-clock ms."""
+        now = wall_ms(self.clock)
         return {
             "gw": self.config.gateway,
             "pid": os.getpid(),
-            "t": wall_ms(self.clock),
-            "uplink": self.uplink.statistics(),
+            "boot": self.outbox.boot,
+            "t": now,
+            "uplink": {
+                **self.uplink.statistics(),
+                "broker": f"{self.config.uplink.host}:{self.config.uplink.port}",
+            },
             "outbox": self.outbox.statistics(),
             "reporter": {
                 "readings": self.reporter.readings_sent,
                 "batches": self.reporter.batches_sent,
             },
             "devices": {
-                p.device.name: {"state": p.state.value, "polls": p.polls, "failures": p.failures}
+                p.device.name: {
+                    "state": p.state.value,
+                    "line": p.device.line.role,
+                    "polls": p.polls,
+                    "failures": p.failures,
+                    "last_poll": p.last_poll_ms,
+                    "last_answer": p.last_answer_ms,
+                }
                 for p in self.pollers
             },
+            "lines": {
+                role: {
+                    "port": t.port,
+                    "open": t.is_open,
+                    "error": None if t.is_open or t.last_error is None else str(t.last_error),
+                }
+                for role, t in self.transports.items()
+            },
+            "alarms": [{"code": c, "src": s} for c, s in sorted(self.outbox.active_alarms)],
+            "holds": self._holds(now),
         }
+
+    def _holds(self, now_ms: int) -> list[dict[str, Any]]:
+        """Unexpired priority-array entries, with their time left (None: until relinquished)."""
+        mono = self.clock.monotonic()
+        holds = []
+        for point in self.arbiter.points:
+            effective = self.arbiter.effective(point)
+            for prio, entry in self.arbiter.entries(point).items():
+                left = None if entry.expires is None else max(0.0, entry.expires - mono)
+                holds.append(
+                    {
+                        "point": point,
+                        "prio": prio,
+                        "value": entry.value,
+                        "source": entry.source,
+                        "left_s": left,
+                        "until": None if left is None else now_ms + round(left * 1000),
+                        "effective": effective,
+                    }
+                )
+        return holds
 
     def write_status(self) -> None:
         path = self.config.storage.data_dir / STATUS_FILE

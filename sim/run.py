@@ -58,6 +58,7 @@ class SimOptions:
     duration: float | None = None
     agent: bool = True
     lamps: int = 8
+    lines: int = 1
     seed: int = 1
 
 
