@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from agent.board import BOARDS_DIR
 from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
@@ -43,6 +44,8 @@ from sim.proxy import LinkProxy
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
+# The board file written into the data directory when the cabinet has several lines.
+SIM_BOARD_FILE = "board-sim.toml"
 # How long the agent gets to stop cleanly (flush, drain) before it is killed.
 AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
@@ -133,14 +136,49 @@ async def typed_command(commander: Commander, text: str) -> str:
     return f"{text}: {result}"
 
 
+def line_roles(count: int) -> list[str]:
+    """The serial roles of ``count`` simulated RS-485 lines: rs485_1 (board/sim.toml), rs485_2..."""
+    return [f"rs485_{i + 1}" for i in range(count)]
+
+
+def sim_board(roles: list[str]) -> str:
+    """board/sim.toml with one more RS-485 role per extra simulated line, as TOML text.
+
+    A real gateway has one field bus; a scale test wants several, each a role
+    of its own (dev/rs485_N under the simulator's data directory).
+    """
+    text = (BOARDS_DIR / "sim.toml").read_text()
+    text = text.replace('name = "sim"', f'name = "sim-{len(roles)}-lines"', 1)
+    extra = []
+    for role in roles:
+        if f"[serial.{role}]" in text:
+            continue
+        extra += [
+            "",
+            f"[serial.{role}]",
+            f'device = "dev/{role}"',
+            "baudrate = 19200",
+            'parity = "N"',
+            "bytesize = 8",
+            "stopbits = 2",
+            "rs485 = true",
+        ]
+    return text + "\n".join(extra) + "\n"
+
+
 def agent_config(
     cabinet: Cabinet,
     broker_url: str,
     *,
     gateway: str = GATEWAY_ID,
     capacity_mb: float | None = None,
+    board_file: str = "sim",
 ) -> str:
-    """The gateway configuration for this cabinet, as TOML text."""
+    """The gateway configuration for this cabinet, as TOML text.
+
+    ``board_file``: "sim" (board/sim.toml: one RS-485 line), or the path of a
+    board written by :func:`sim_board` when the cabinet has more lines.
+    """
     lines = [
         "# Written by `armoire sim`: the configuration of the simulated gateway.",
         f'gateway = "{gateway}"',
@@ -152,7 +190,7 @@ def agent_config(
         "",
         "[board]",
         "# The simulated board: same roles as a real one, devices under ./dev/",
-        'file = "sim"',
+        f'file = "{board_file}"',
         'base_dir = "."',
         "",
         "[uplink]",
@@ -177,7 +215,7 @@ def agent_config(
             "[[devices]]",
             f'name = "{dev["name"]}"',
             'driver = "modbus-rtu"',
-            f'line = "{LINE_ROLE}"',
+            f'line = "{dev.get("line", LINE_ROLE)}"',
             f"address = {dev['unit']}",
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
@@ -338,18 +376,23 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         # The agent reaches the broker through a proxy that models the cellular link.
         host, port = _host_port(broker_url)
         link = await stack.enter_async_context(LinkProxy(host, port))
+        roles = line_roles(options.lines)
         cabinet = await stack.enter_async_context(
             Cabinet(
-                Scenario(lamps=options.lamps, seed=options.seed),
+                Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed),
                 clock=clock,
                 link_dir=data / "dev",
-                line_name=LINE_ROLE,
+                line_names=roles,
             )
         )
         ensure_keys(data)
         central_dir = ensure_central(data, broker_url)
         config = data / "agent.toml"
-        config.write_text(agent_config(cabinet, link.url))
+        board = "sim"
+        if options.lines > 1:
+            board = SIM_BOARD_FILE
+            (data / board).write_text(sim_board(roles))
+        config.write_text(agent_config(cabinet, link.url, board_file=board))
         central = await stack.enter_async_context(
             CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
         )
@@ -422,8 +465,25 @@ def _agent_status(data: Path) -> dict[str, Any] | None:
     return loaded
 
 
+def check_options(options: SimOptions) -> str | None:
+    """A usage error in the options (lamps or lines the cabinet cannot hold), or None."""
+    try:
+        Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed)
+    except ValueError as exc:
+        message = str(exc).replace("lamps must be", "--lamps must be")
+        message = message.replace("lines must be", "--lines must be")
+        if "lines need at least" in message or "--lamps must be 0.." in message:
+            message += " (add --lines, or fewer --lamps)"
+        return message
+    return None
+
+
 def run_sim(options: SimOptions) -> int:
     """Run the simulator; prints the final figures as one JSON line."""
+    problem = check_options(options)
+    if problem is not None:
+        print(f"armoire sim: {problem}", file=sys.stderr)
+        return 2
     result = asyncio.run(_sim(options))
     print(json.dumps(result), flush=True)
     return 0

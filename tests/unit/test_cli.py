@@ -199,3 +199,22 @@ def test_status__without_status_file_says_so_on_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "status.json" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--lamps", "245"], "--lamps must be 0..244 on 1 line(s)"),
+        (["--lamps", "3", "--lines", "5"], "5 lines need at least as many lamps"),
+        (["--lines", "0"], "--lines must be 1.."),
+    ],
+)
+def test_sim__lamps_past_what_the_lines_carry_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    """`armoire sim --lamps 300` would die with a traceback after starting a broker."""
+    assert main(["sim", "--data", str(tmp_path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert match in captured.err
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
