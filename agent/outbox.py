@@ -296,9 +296,11 @@ class Outbox:
                 db.close()
                 raise
         except (OSError, sqlite3.Error) as exc:
-            raise OutboxUnavailable(
-                f"cannot open the outbox {path} for writing: {_describe(exc)}"
-            ) from exc
+            why = _describe(exc)
+            if isinstance(exc, sqlite3.Error):
+                # SQLite does not say which system call failed: ask the system.
+                why += _os_reason(path)
+            raise OutboxUnavailable(f"cannot open the outbox {path} for writing: {why}") from exc
 
     # -- producers --------------------------------------------------------
 
@@ -701,6 +703,26 @@ def _describe(exc: BaseException) -> str:
     # An OSError already names its errno; SQLite's own code says why it refused.
     name = getattr(exc, "sqlite_errorname", None)
     return f"{exc} ({name})" if name else str(exc)
+
+
+def _os_reason(path: Path) -> str:
+    """The OS error behind SQLite's refusal: the file or the folder not writable.
+
+    WAL mode needs to write the file and to create ``-wal``/``-shm`` beside it.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"; {path}: {exc.strerror}"
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return f"; cannot create files in {path.parent}: {exc.strerror}"
+    probe.unlink(missing_ok=True)
+    return ""
 
 
 def _move_aside(path: Path, clock: Clock) -> Path:

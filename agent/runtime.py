@@ -80,7 +80,8 @@ class Agent:
             raise StartupError(str(exc), exit_code=1) from exc
         except OSError as exc:
             raise StartupError(
-                f"cannot lock the data directory {data_dir}: {exc}", exit_code=1
+                f"cannot lock the data directory {data_dir} (is it writable?): {exc}",
+                exit_code=1,
             ) from exc
         try:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)

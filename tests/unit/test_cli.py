@@ -218,3 +218,26 @@ def test_sim__lamps_past_what_the_lines_carry_is_a_usage_error(
     assert match in captured.err
     assert captured.out == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run__unwritable_data_directory_exits_1_naming_file_and_os_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An immutable data directory was taken for a corrupt outbox: the healthy backlog was
+    moved aside, and the message did not say that the directory cannot be written."""
+    config, data = _provisioned(tmp_path)
+    (data / "outbox.sqlite").write_bytes(b"")  # an empty file is a valid empty database
+    (data / "agent.lock").write_text("")
+    before = sorted(p.name for p in data.iterdir())
+    capsys.readouterr()
+    _freeze(data)
+    try:
+        assert main(["run", "--config", str(config)]) == 1
+    finally:
+        _thaw(data)
+    err = capsys.readouterr().err
+    assert f"cannot open the outbox {data / 'outbox.sqlite'} for writing" in err
+    assert f"cannot create files in {data}: Operation not permitted" in err or (
+        "Permission denied" in err
+    )
+    assert sorted(p.name for p in data.iterdir()) == before

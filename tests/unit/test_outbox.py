@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -435,6 +436,8 @@ def test_outbox__unwritable_folder_is_reported_not_moved_aside(tmp_path: Path) -
             Outbox.open(data, clock)
         assert str(data / OUTBOX_FILE) in str(caught.value)
         assert "for writing" in str(caught.value)
+        # The OS's own words, as `ls` or `touch` would report them.
+        assert re.search(r"Operation not permitted|Permission denied", str(caught.value))
         assert sorted(p.name for p in data.iterdir()) == before
     finally:
         _thaw(data)
