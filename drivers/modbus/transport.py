@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import termios
 from types import TracebackType
@@ -92,6 +93,14 @@ def inter_frame_gap(baudrate: int) -> float:
     if baudrate > FIXED_GAP_ABOVE_BAUD:
         return FIXED_INTER_FRAME_GAP
     return INTER_FRAME_CHARACTERS * BITS_PER_CHARACTER / baudrate
+
+
+def _reason(exc: Exception | None) -> str:
+    """A short why for a port that is not open: the OS's words when there are some
+    (pyserial repeats the port's name twice in its own message)."""
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc) if exc is not None else "closed"
 
 
 class _Line(asyncio.Protocol):
@@ -407,7 +416,7 @@ class RtuTransport:
             if transport is None or line is None:
                 if self._kept:
                     raise PortUnavailable(
-                        f"serial port {self._port} is not open: {self._last_error}"
+                        f"serial port {self._port} is not open ({_reason(self._last_error)})"
                     )
                 raise LocalProtocolError(f"{self._port} is not open")
             try:
