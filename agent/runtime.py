@@ -252,7 +252,7 @@ class Agent:
                 role: {
                     "port": t.port,
                     "open": t.is_open,
-                    "error": None if t.is_open or t.last_error is None else str(t.last_error),
+                    "error": t.closed_reason,
                 }
                 for role, t in self.transports.items()
             },

@@ -114,11 +114,13 @@ def format_status(status: dict[str, Any]) -> str:
         since = (
             None if not isinstance(answered, int) or not isinstance(now, int) else now - answered
         )
-        lines.append(
-            f"  {name:<14} {dev.get('state', '?'):<10} "
-            f"last answer {_age(None if since is None else since / 1000)} ago"
-            + ("" if polled is not None else " (not polled yet)")
-        )
+        if polled is None:
+            seen = "not polled yet"
+        elif since is None:
+            seen = "never answered"
+        else:
+            seen = f"last answer {_age(since / 1000)} ago"
+        lines.append(f"  {name:<14} {dev.get('state', '?'):<10} {seen}")
     alarms = status.get("alarms", [])
     lines.append(f"active alarms ({len(alarms)}):" if alarms else "active alarms: none")
     lines += [f"  {a.get('code')} {a.get('src')}" for a in alarms]

@@ -301,6 +301,11 @@ class RtuTransport:
         return self._last_error
 
     @property
+    def closed_reason(self) -> str | None:
+        """Why the port is not open, in a few words (None while it is open)."""
+        return None if self.is_open else _reason(self._last_error)
+
+    @property
     def is_open(self) -> bool:
         """Whether the port is open and has not been lost."""
         return self._line is not None and not self._line.lost
