@@ -313,7 +313,7 @@ class View:
         none longer than ``cols - 1`` (a full-width line leaves the cursor in the
         terminal's pending-wrap state, which some terminals render as a wrap)."""
         height = max(4, rows - 1)
-        cols = max(20, cols - 1)
+        cols = max(1, cols - 1)
         top = screen.status
         footer = screen.footer
         rule = "─" * cols
@@ -335,9 +335,10 @@ class View:
         if not panel:
             panel = ["no alarm, no hold, no event yet"]
         lines += panel[:panel_rows]
-        lines += [""] * (height - len(footer) - len(lines))
-        lines += footer
-        return [fit(line, cols) for line in lines[:height]]
+        # On a tiny terminal the status lines may already fill it: the keys stay.
+        body = height - len(footer)
+        lines = lines[:body] + [""] * (body - len(lines)) + footer
+        return [fit(line, cols) for line in lines[-height:]]
 
     @staticmethod
     def _device_header(cols: int) -> str:
