@@ -155,6 +155,7 @@ class Arbiter:
         self._wake = asyncio.Event()
         self._scheduled: float | None = None  # the deadline run() sleeps towards
         self._device_writes = 0
+        self._writes: dict[str, int] = {}  # successful device writes, per point
         self._device_errors = 0
         self._expired = 0
 
@@ -324,7 +325,13 @@ class Arbiter:
             for priority in lapsed:
                 entry = array.pop(priority)
                 self._expired += 1
-                log.debug("%s: priority %d by %s expired", point, priority, entry.source)
+                log.info(
+                    "%s: hold of %r at priority %d by %s lapsed",
+                    point,
+                    entry.value,
+                    priority,
+                    entry.source,
+                )
             retry = point in self._retry_at and self._retry_at[point] <= now
             if retry:
                 del self._retry_at[point]
@@ -359,7 +366,13 @@ class Arbiter:
         return await asyncio.shield(self._spawn(point))
 
     def _spawn(self, point: str, *, force: bool = False) -> asyncio.Task[Outcome]:
-        task = asyncio.create_task(self._apply(point, force=force), name=f"arbiter.apply[{point}]")
+        # Device writes of this point so far: an apply that finds the device already
+        # at the value because another one (e.g. run() handling a lapse) got the lock
+        # first still reports the change its own operation caused.
+        seen = self._writes.get(point, 0)
+        task = asyncio.create_task(
+            self._apply(point, force=force, seen=seen), name=f"arbiter.apply[{point}]"
+        )
         self._inflight.add(task)
         task.add_done_callback(self._settled)
         return task
@@ -371,13 +384,14 @@ class Arbiter:
             # produce "exception never retrieved"; the failure itself is logged by _apply.
             task.exception()
 
-    async def _apply(self, point: str, *, force: bool) -> Outcome:
+    async def _apply(self, point: str, *, force: bool, seen: int = 0) -> Outcome:
         """Bring the device to the effective value, computed under the point's lock so
         that concurrent writers leave the device at the latest one."""
         async with self._locks[point]:
             value = self.effective(point)
             if not force and _same(self._device[point], value):
-                return Outcome(point=point, effective=value, changed=False)
+                changed = self._writes.get(point, 0) != seen
+                return Outcome(point=point, effective=value, changed=changed)
             try:
                 await self._write_device(point, value)
             except DeviceWriteError as exc:
@@ -391,6 +405,7 @@ class Arbiter:
                 raise
             self._device[point] = value
             self._device_writes += 1
+            self._writes[point] = self._writes.get(point, 0) + 1
             self._retry_at.pop(point, None)
             if point in self._failing:
                 self._failing.discard(point)

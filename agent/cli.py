@@ -1,7 +1,14 @@
 """The ``armoire`` command line.
 
-Exit statuses: 0 success, 1 runtime failure, 2 bad usage or bad configuration
-(nothing was started).
+Exit statuses: 0 success, also when the agent was asked to stop (SIGTERM from
+systemd, or SIGINT / Ctrl-C from a technician: both log the same ``stopped:``
+line); 1 runtime failure (another agent already running, a data directory
+that cannot be written, ``check`` found fatal problems, ``status`` found no
+status, a refused command); 2 bad usage or bad configuration (nothing was
+started); 3 ``central send`` got no Ack.
+
+Data (JSON, reports) goes to stdout; errors and logs go to stderr. Global
+options (``--log-level``) are accepted before or after the command.
 """
 
 from __future__ import annotations
@@ -23,35 +30,79 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+# Where a gateway keeps its data when no option says otherwise (README, "Configuration").
+DEFAULT_DATA = Path("/var/lib/armoire")
+
 log = logging.getLogger("armoire")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subcommands the default is SUPPRESS, so that an option given before the
+    # command is not overwritten by the subcommand's default.
+    parser.add_argument(
+        "--log-level",
+        default=None if top else argparse.SUPPRESS,
+        type=str.upper,
+        choices=LEVELS,
+        help="log verbosity (default: the configuration's [log] level, else INFO); "
+        "before or after the command",
+    )
+
+
+def _sub(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help, description=description or help)
+    _global_options(parser, top=False)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="armoire",
         description="Armoire street-cabinet gateway agent.",
+        epilog="`armoire COMMAND --help` describes each command.",
     )
     p.add_argument("--version", action="version", version=f"armoire {__version__}")
-    p.add_argument(
-        "--log-level",
-        choices=LEVELS,
-        help="log verbosity (default: the configuration's [log] level, else INFO)",
-    )
+    _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent with a configuration file")
-    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    run = _sub(
+        sub,
+        "run",
+        "run the agent with a configuration file (until SIGTERM or Ctrl-C)",
+        description="Run the agent in the foreground; logs go to stderr. One agent per data "
+        "directory: a second one is refused, naming the first.",
+    )
+    run.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent.toml")
 
-    check = sub.add_parser("check", help="validate a configuration file and exit")
-    check.add_argument("--config", required=True, type=Path, metavar="FILE")
+    check = _sub(
+        sub,
+        "check",
+        "validate a configuration and what the agent needs to run with it",
+        description="Validate FILE, then check without changing anything what the agent needs "
+        "at run time: gateway key readable, trust store valid, data directory writable, serial "
+        "lines present. Each finding says ok, problem (the agent runs degraded) or fatal (it "
+        "would not start). Exit 0 without fatal findings, 1 with, 2 for an invalid file.",
+    )
+    check.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent.toml")
+    check.add_argument(
+        "--config-only",
+        action="store_true",
+        help="only validate the file (e.g. on a laptop, before deploying it)",
+    )
 
-    sched = sub.add_parser(
+    sched = _sub(
+        sub,
         "schedule",
-        help="print the lighting program's switching instants and dimming steps",
+        "print the lighting program's switching instants and dimming steps",
         description="For each lighting group of the configuration, the nights the agent "
         "will apply: switching instants (UTC and local time) and dimming steps.",
     )
-    sched.add_argument("--config", required=True, type=Path, metavar="FILE")
+    sched.add_argument("--config", required=True, type=Path, metavar="FILE", help="agent.toml")
     sched.add_argument(
         "--from",
         dest="first",
@@ -63,27 +114,51 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("--days", type=_days, default=7, metavar="N", help="nights (default 7)")
     sched.add_argument("--json", action="store_true", help="one JSON document")
 
-    keys = sub.add_parser("keys", help="manage the gateway's signing keys")
+    status = _sub(
+        sub,
+        "status",
+        "show the running agent's state: link, outbox, devices, alarms, holds",
+        description="Read DIR/status.json, which the agent rewrites every 2 s, and show it "
+        "in local time; works as any user who can read the data directory.",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help=f"the agent's data directory (default {DEFAULT_DATA})",
+    )
+    where.add_argument(
+        "--config", type=Path, metavar="FILE", help="take the data directory from this agent.toml"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for tools instead")
+
+    keys = _sub(sub, "keys", "manage the gateway's signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    kinit = ksub.add_parser("init", help="create the gateway's Ed25519 key pair")
-    kinit.add_argument("--data", required=True, type=Path, metavar="DIR")
+    kinit = _sub(ksub, "init", "create the gateway's Ed25519 key pair in DIR")
+    kinit.add_argument(
+        "--data", required=True, type=Path, metavar="DIR", help="the gateway's data directory"
+    )
     kinit.add_argument(
         "--central",
         action="store_true",
         help="create the central post's root, operator and maintenance keys instead, "
         "and the trust-store material to install on gateways",
     )
-    kshow = ksub.add_parser("show", help="print the gateway id, kid and public key as JSON")
-    kshow.add_argument("--data", required=True, type=Path, metavar="DIR")
+    kshow = _sub(ksub, "show", "print the gateway id, kid and public key as JSON")
+    kshow.add_argument(
+        "--data", type=Path, metavar="DIR", help="the data directory (default: the config's)"
+    )
     kshow.add_argument(
         "--config", type=Path, metavar="FILE", help="configuration naming the gateway id"
     )
 
-    central = sub.add_parser("central", help="act as the central post (reference tooling)")
+    central = _sub(sub, "central", "act as the central post (reference tooling)")
     csub = central.add_subparsers(dest="central_command", required=True, metavar="ACTION")
-    send = csub.add_parser(
+    send = _sub(
+        csub,
         "send",
-        help="sign a command, publish it, wait for the Ack and print it as JSON",
+        "sign a command, publish it, wait for the Ack and print it as JSON",
         description="examples: write lamp-03/level 40 · relinquish lamp-03/level · action selftest",
     )
     send.add_argument(
@@ -96,15 +171,27 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--gw", required=True, metavar="ID", help="target gateway id")
     send.add_argument("--prio", type=int, metavar="1..16", help="priority level (default 10)")
     send.add_argument("--hold", type=int, metavar="SECONDS", help="how long a write holds")
-    send.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    send.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long the command stays valid and deliverable (default 60); the broker "
+        "drops it when this runs out",
+    )
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the Ack (default 10); the command may still be applied "
+        "later, until its TTL runs out",
+    )
     send.add_argument("--key", default="operator", help="signing key in DIR (default operator)")
-    send.add_argument("op", choices=["write", "relinquish", "action"])
+    send.add_argument("op", choices=["write", "relinquish", "action"], help="what to do")
     send.add_argument("target", help="POINT for write/relinquish, NAME for action")
     send.add_argument("value", nargs="?", help="the value to write")
 
-    sim = sub.add_parser(
-        "sim", help="run a virtual cabinet, a broker, the agent and a central post"
-    )
+    sim = _sub(sub, "sim", "run a virtual cabinet, a broker, the agent and a central post")
     sim.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
     sim.add_argument("--data", type=Path, metavar="DIR", help="where keys, config and data go")
     sim.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this time")
@@ -113,7 +200,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start everything but the agent; write its configuration to DIR/agent.toml",
     )
-    sim.add_argument("--lamps", type=int, default=8, help="lamp controllers on the line")
+    sim.add_argument(
+        "--lamps", type=int, default=8, metavar="N", help="lamp controllers (default 8)"
+    )
+    sim.add_argument(
+        "--lines",
+        type=int,
+        default=1,
+        metavar="K",
+        help="RS-485 lines the devices are spread over (default 1)",
+    )
     sim.add_argument("--seed", type=int, default=1, help="random seed of the cabinet model")
     return p
 
@@ -125,9 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "run":
             return _run(args.config, args.log_level)
         case "check":
-            return _check(args.config)
+            return _check(args.config, config_only=args.config_only)
         case "schedule":
             return _schedule(args)
+        case "status":
+            return _status(args)
         case "keys":
             return _keys(args)
         case "sim":
@@ -147,11 +245,46 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
         return None
 
 
-def _check(path: Path) -> int:
+def _check(path: Path, *, config_only: bool = False) -> int:
+    from agent.checks import Level, runtime_checks
+
     config = _load(path)
     if config is None:
         return EXIT_USAGE
     print(f"{path}: ok ({len(config.devices)} devices, {len(config.points())} points)")
+    if config_only:
+        return EXIT_OK
+    findings = runtime_checks(config)
+    for finding in findings:
+        print(f"{finding.level.value.upper():<8} {finding.message}")
+    fatal = sum(f.level is Level.FATAL for f in findings)
+    problems = sum(f.level is Level.PROBLEM for f in findings)
+    if fatal:
+        print(
+            f"armoire: {fatal} fatal problem(s): the agent would not start with {path}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if problems:
+        print(f"{problems} problem(s): the agent would start, degraded as said above")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.status import StatusError, format_status, read_status
+
+    data = args.data
+    if args.config is not None:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_USAGE
+        data = config.storage.data_dir
+    try:
+        status = read_status(data or DEFAULT_DATA)
+    except StatusError as exc:
+        print(f"armoire: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(status) if args.json else format_status(status))
     return EXIT_OK
 
 
@@ -167,7 +300,7 @@ def _run(path: Path, log_level: str | None) -> int:
         asyncio.run(run_agent(config))
     except StartupError as exc:
         print(f"armoire: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -237,7 +370,20 @@ def _gateway_id(data: Path, config: Path | None) -> str | None:
             gw = tomllib.load(f).get("gateway")
     except (OSError, tomllib.TOMLDecodeError):
         return None
-    return gw if isinstance(gw, str) else None
+    return gw if isinstance(gw, str) and gw else None
+
+
+def _data_of(config: Path) -> Path | None:
+    """The data directory a configuration names, read leniently (for `keys show`)."""
+    try:
+        with config.open("rb") as f:
+            raw = tomllib.load(f).get("storage", {}).get("data_dir")
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+    if not isinstance(raw, str):
+        return None
+    # Relative paths are relative to the configuration file (agent/config.py).
+    return config.resolve().parent / raw
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -270,10 +416,22 @@ def _keys(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         summary = key_summary(_gateway_id(args.data, None) or "", args.data)
-        print(json.dumps(summary))
+        print(json.dumps({**summary, "gw": summary["gw"] or None}))
         return EXIT_OK
+    data = args.data
+    if data is None and args.config is not None:
+        data = _data_of(args.config)
+        if data is None:
+            print(
+                f"armoire: {args.config}: no [storage] data_dir in it; give --data DIR",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    if data is None:
+        print("armoire: keys show needs --data DIR or --config FILE", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        summary = key_summary(_gateway_id(args.data, args.config) or "", args.data)
+        summary = key_summary(_gateway_id(data, args.config) or "", data)
     except KeyFileError as exc:
         print(f"armoire: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -297,6 +455,7 @@ def _sim(args: argparse.Namespace) -> int:
         duration=args.duration,
         agent=not args.no_agent,
         lamps=args.lamps,
+        lines=args.lines,
         seed=args.seed,
     )
     return run_sim(options)
@@ -319,7 +478,13 @@ def _central(args: argparse.Namespace) -> int:
             hold=args.hold,
             timeout=args.timeout,
             key_name=args.key,
+            ttl=args.ttl,
         )
     )
+    if "error" in result:
+        print(f"armoire: {result['error']}", file=sys.stderr)
+        if "cmd" in result:
+            print(f"armoire: command id {result['cmd']}", file=sys.stderr)
+        return status
     print(json.dumps(result))
     return status

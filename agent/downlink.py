@@ -214,6 +214,18 @@ class Downlink:
         )
         status, reason, value = await self._execute(cmd)
         self.counts[status] += 1
+        log.info(
+            "command %s accepted from %s (%s): %s %s%s%s -> %s%s",
+            cmd.id.hex()[:8],
+            cmd.kid.hex(),
+            cmd.role,
+            cmd.op,
+            cmd.point or cmd.name or "",
+            f" = {cmd.value!r}" if cmd.op == "write" else "",
+            f" prio {cmd.prio}" + (f" hold {cmd.hold} s" if cmd.hold is not None else ""),
+            status,
+            f" ({reason})" if reason else "",
+        )
         self._finish(cmd, status=status, reason=reason, value=value)
 
     async def _execute(self, cmd: Command) -> tuple[str, str | None, Any]:

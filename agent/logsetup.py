@@ -31,6 +31,7 @@ _PRIORITY: Final = {
 }
 
 PLAIN_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_OURS: Final = "_armoire_handler"  # marks the handler configure() installed
 
 
 def syslog_priority(levelno: int) -> int:
@@ -66,15 +67,18 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
 
 def configure(level: str = DEFAULT_LEVEL, *, stream: TextIO | None = None) -> None:
     """Send the root logger's records to ``stream`` (stderr), in the journal's form if
-    stderr is the journal, at ``level``. Replaces whatever handler was there before, so
-    it can be called again once the configuration names a level."""
+    stderr is the journal, at ``level``. Replaces the handler an earlier call installed
+    (not others', e.g. a test runner's), so it can be called again once the configuration
+    names a level."""
     out = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         JournalFormatter() if stream_is_journal(out) else logging.Formatter(PLAIN_FORMAT)
     )
+    setattr(handler, _OURS, True)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, _OURS, False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

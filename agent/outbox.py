@@ -21,10 +21,15 @@ the hard limit. Every eviction is reported by an ``outbox.evicted`` Event
 written in the same transaction (PROTOCOL.md, "Sequence numbers"), and the
 evicted readings are counted for the next Telemetry ``lost`` field.
 
-Recovery: a file that cannot be opened or fails ``PRAGMA integrity_check`` is
-moved aside and replaced. ``boot`` and a reserved ``seq`` ceiling are also kept
-in a small side file, so even then numbering continues above anything that
-was ever sent.
+Recovery: a file that SQLite reports as corrupt (or not a database) or that
+fails ``PRAGMA integrity_check`` is moved aside and replaced. A file that
+cannot be opened for writing (read-only medium, immutable folder, full disk,
+permissions) is *not* corrupt: :class:`OutboxUnavailable` says so and nothing
+is moved. ``boot`` and a reserved ``seq`` ceiling are also kept in a small side
+file, so even after a replacement numbering continues above anything that was
+ever sent. Whatever happened before (a second process on the same file, a
+hand-edited file), the next ``seq`` is always above every stored record, so
+the outbox can always start and append.
 """
 
 from __future__ import annotations
@@ -57,6 +62,19 @@ HARD_LIMIT_FACTOR = 1.25
 # Evict at least this fraction of the capacity at once, so a full outbox does not
 # run a DELETE on every append.
 EVICT_HEADROOM = 0.01
+
+
+# SQLite's verdicts that mean the file itself is damaged (anything else, e.g.
+# SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR, SQLITE_FULL, is about the medium).
+_CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+
+class OutboxUnavailable(Exception):
+    """The outbox cannot be opened for writing; the file is left where it is."""
+
+
+class _IntegrityFailure(sqlite3.DatabaseError):
+    """``PRAGMA integrity_check`` found damage."""
 
 
 class MsgClass(StrEnum):
@@ -215,14 +233,16 @@ class Outbox:
         self._emptied = asyncio.Event()
         self._state_path = path.parent / STATE_FILE
 
+        # Read and write the boot state in one write transaction, so a concurrent
+        # writer (which the instance lock keeps out) cannot slip in between.
+        self._begin()
         previous_boot = self._meta("boot")
         self.boot = max(previous_boot, state.get("boot", 0)) + 1
-        self._next_seq = self._meta("next_seq")
+        self._next_seq = self._floor_seq()
         if not previous_boot:
             # A new (or replaced) database: continue above anything ever handed out.
             self._next_seq = max(self._next_seq, state.get("seq_reserved", 0))
         self._seq_reserved = max(self._meta("seq_reserved"), self._next_seq)
-        self._begin()
         if previous_boot and not self._meta("clean"):
             # Kept until reported, in case this boot dies before it reports it.
             self._db.execute(
@@ -256,20 +276,37 @@ class Outbox:
         """Open (or create) the outbox in ``data_dir`` and start a new boot.
 
         A damaged database is moved aside (see :attr:`recovery`), never fatal.
+        Raises :class:`OutboxUnavailable` (naming the path and the OS or SQLite
+        error) when the outbox cannot be opened for writing: then nothing is moved.
         """
-        data_dir.mkdir(parents=True, exist_ok=True)
         path = data_dir / OUTBOX_FILE
-        state = _read_state(data_dir / STATE_FILE)
-        recovery = None
         try:
-            db = _connect(path)
-        except sqlite3.DatabaseError as exc:
-            moved = _move_aside(path, clock)
-            seq_from = state.get("seq_reserved", 0)
-            recovery = Recovery(error=str(exc), moved_to=moved.name, seq_from=seq_from)
-            log.error("outbox %s unusable (%s): moved to %s", path, exc, moved.name)
-            db = _connect(path)
-        return cls(db, path, clock, capacity_bytes=capacity_bytes, state=state, recovery=recovery)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            state = _read_state(data_dir / STATE_FILE)
+            recovery = None
+            try:
+                db = _connect(path)
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    raise
+                moved = _move_aside(path, clock)
+                seq_from = state.get("seq_reserved", 0)
+                recovery = Recovery(error=str(exc), moved_to=moved.name, seq_from=seq_from)
+                log.error("outbox %s damaged (%s): moved to %s", path, exc, moved.name)
+                db = _connect(path)
+            try:
+                return cls(
+                    db, path, clock, capacity_bytes=capacity_bytes, state=state, recovery=recovery
+                )
+            except BaseException:
+                db.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            why = _describe(exc)
+            if isinstance(exc, sqlite3.Error):
+                # SQLite does not say which system call failed: ask the system.
+                why += _os_reason(path)
+            raise OutboxUnavailable(f"cannot open the outbox {path} for writing: {why}") from exc
 
     # -- producers --------------------------------------------------------
 
@@ -297,13 +334,15 @@ class Outbox:
         if not items:
             return []
         t_ms = wall_ms(self._clock)
-        seq = self._next_seq
-        rows = []
-        for item in items:
-            rows.append(_row(seq, item, t_ms))
-            seq += 1
-        added = sum(len(row[-1]) for row in rows)
         with self._transaction():
+            # The stored next seq, not only ours: numbering stays unique even if
+            # another process wrote to this file (the instance lock prevents it).
+            seq = max(self._next_seq, self._meta("next_seq"))
+            rows = []
+            for item in items:
+                rows.append(_row(seq, item, t_ms))
+                seq += 1
+            added = sum(len(row[-1]) for row in rows)
             self._db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             for sql, params in also:
                 self._db.execute(sql, params)
@@ -609,6 +648,25 @@ class Outbox:
         self._set_meta("seq_reserved", self._seq_reserved)
         _write_state(self._state_path, {"boot": self.boot, "seq_reserved": self._seq_reserved})
 
+    def _floor_seq(self) -> int:
+        """The next seq as stored, raised above every stored record if it is not.
+
+        A stored next seq at or below a stored record (two processes on one file,
+        a restored or edited file) would make every append fail forever.
+        """
+        stored = self._meta("next_seq")
+        row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
+        above = 0 if row[0] is None else int(row[0]) + 1
+        if above > stored:
+            log.warning(
+                "outbox %s: stored next seq %d is not above stored record %d; continuing at %d",
+                self.path,
+                stored,
+                above - 1,
+                above,
+            )
+        return max(stored, above)
+
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return 0 if row is None else int(row[0])
@@ -652,14 +710,45 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")
         result = db.execute("PRAGMA integrity_check").fetchall()
         if result != [("ok",)]:
-            raise sqlite3.DatabaseError(
-                "integrity_check: " + "; ".join(str(r[0]) for r in result[:3])
-            )
+            raise _IntegrityFailure("integrity_check: " + "; ".join(str(r[0]) for r in result[:3]))
         db.executescript(_SCHEMA)
     except sqlite3.DatabaseError:
         db.close()
         raise
     return db
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether the error says the file is damaged, as opposed to the medium refusing writes."""
+    if isinstance(exc, _IntegrityFailure):
+        return True
+    return getattr(exc, "sqlite_errorname", None) in _CORRUPT
+
+
+def _describe(exc: BaseException) -> str:
+    # An OSError already names its errno; SQLite's own code says why it refused.
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+def _os_reason(path: Path) -> str:
+    """The OS error behind SQLite's refusal: the file or the folder not writable.
+
+    WAL mode needs to write the file and to create ``-wal``/``-shm`` beside it.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"; {path}: {exc.strerror}"
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return f"; cannot create files in {path.parent}: {exc.strerror}"
+    probe.unlink(missing_ok=True)
+    return ""
 
 
 def _move_aside(path: Path, clock: Clock) -> Path:

@@ -19,6 +19,7 @@ from agent.config import DeviceConfig, PollingConfig
 from agent.points import Points, Quality, Sample, Value
 from drivers.bus_lock import URGENT
 from drivers.modbus.codec import (
+    LocalProtocolError,
     ReadHoldingRegisters,
     ReadInputRegisters,
     RegistersRead,
@@ -80,6 +81,9 @@ class DevicePoller:
         self._points_failed = False
         self.polls = 0
         self.failures = 0
+        # Wall-clock ms of the last poll and of the last answer (status, console).
+        self.last_poll_ms: int | None = None
+        self.last_answer_ms: int | None = None
 
     def _name(self, spec: PointSpec) -> str:
         return f"{self.device.name}/{spec.name}"
@@ -88,9 +92,12 @@ class DevicePoller:
         """Read every block of the device once; returns whether it answered."""
         self.polls += 1
         t_ms = wall_ms(self._clock)
+        self.last_poll_ms = t_ms
         try:
             results = [(block, await self._read(block)) for block in self._blocks]
-        except (RemoteProtocolError, OSError) as exc:
+        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
+            # OSError includes PortUnavailable: a line that is absent or being
+            # reopened makes its devices miss polls like silent ones.
             self.failures += 1
             self._missed(exc)
             return False
@@ -107,6 +114,7 @@ class DevicePoller:
                 self._points.update(
                     Sample(name=self._name(spec), value=value, quality=quality, t_ms=t_ms)
                 )
+        self.last_answer_ms = t_ms
         self._answered()
         return True
 
@@ -143,7 +151,7 @@ class DevicePoller:
         full = self._name(spec)
         try:
             await self._transport.transact(request, priority=URGENT)
-        except (RemoteProtocolError, OSError) as exc:
+        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
             self._mark_failed(spec, wall_ms(self._clock))
             raise DeviceWriteError(full, str(exc)) from exc
         self._points.update(

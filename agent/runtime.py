@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,10 +27,11 @@ from agent.commands import Command, CommandVerifier
 from agent.config import Config
 from agent.downlink import Downlink, Holds
 from agent.events import LINK_AUTONOMOUS, Events
+from agent.instance import AlreadyRunning, InstanceLock
 from agent.lighting import LightingRunner
 from agent.loop_lag import LoopLag
 from agent.messages import MessageFactory, Topic
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxUnavailable
 from agent.points import Points, Value
 from agent.polling import DevicePoller
 from agent.reporter import Reporter, ReportPolicy
@@ -65,7 +65,16 @@ DRAIN_ON_EXIT = 3.0
 
 
 class StartupError(Exception):
-    """The agent cannot start (missing keys, unusable data directory)."""
+    """The agent cannot start (missing keys, unusable data directory, already running).
+
+    ``exit_code`` follows agent/cli.py: 2 for what the technician must set up
+    (configuration, keys), 1 for a runtime condition (another agent running, a
+    data directory that cannot be written).
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Agent:
@@ -81,10 +90,22 @@ class Agent:
             raise StartupError(
                 f"{exc} (create the gateway identity with: armoire keys init --data {data_dir})"
             ) from exc
+        # One agent per data directory, before anything in it is touched.
+        self.instance = InstanceLock(data_dir)
+        try:
+            self.instance.acquire()
+        except AlreadyRunning as exc:
+            raise StartupError(str(exc), exit_code=1) from exc
+        except OSError as exc:
+            raise StartupError(
+                f"cannot lock the data directory {data_dir} (is it writable?): {exc}",
+                exit_code=1,
+            ) from exc
         try:
             self.outbox = Outbox.open(data_dir, clock, capacity_bytes=config.storage.capacity_bytes)
-        except (OSError, sqlite3.Error) as exc:
-            raise StartupError(f"cannot open the outbox in {data_dir}: {exc}") from exc
+        except OutboxUnavailable as exc:
+            self.instance.release()
+            raise StartupError(str(exc), exit_code=1) from exc
         self.loop_lag = LoopLag(clock)
         self.time_floor = TimeFloor(clock, data_dir)
         if self.outbox.recovery is not None:
@@ -341,11 +362,17 @@ class Agent:
         return {"devices": results}
 
     def status(self) -> dict[str, Any]:
+        """What ``armoire status`` shows (status.json); times are wall-clock ms."""
+        now = wall_ms(self.clock)
         return {
             "gw": self.config.gateway,
             "pid": os.getpid(),
-            "t": wall_ms(self.clock),
-            "uplink": self.uplink.statistics(),
+            "boot": self.outbox.boot,
+            "t": now,
+            "uplink": {
+                **self.uplink.statistics(),
+                "broker": f"{self.config.uplink.host}:{self.config.uplink.port}",
+            },
             "downlink": self.downlink.counts,
             "loop_lag": self.loop_lag.statistics(),
             "outbox": self.outbox.statistics(),
@@ -354,9 +381,26 @@ class Agent:
                 "batches": self.reporter.batches_sent,
             },
             "devices": {
-                p.device.name: {"state": p.state.value, "polls": p.polls, "failures": p.failures}
+                p.device.name: {
+                    "state": p.state.value,
+                    "line": p.device.line.role,
+                    "polls": p.polls,
+                    "failures": p.failures,
+                    "last_poll": p.last_poll_ms,
+                    "last_answer": p.last_answer_ms,
+                }
                 for p in self.pollers
             },
+            "lines": {
+                role: {
+                    "port": t.port,
+                    "open": t.is_open,
+                    "error": t.closed_reason,
+                }
+                for role, t in self.transports.items()
+            },
+            "alarms": [{"code": c, "src": s} for c, s in sorted(self.outbox.active_alarms)],
+            "holds": self._holds(now),
             "failsafe": self._failsafe_status(),
         }
 
@@ -383,6 +427,27 @@ class Agent:
             },
         }
 
+    def _holds(self, now_ms: int) -> list[dict[str, Any]]:
+        """Unexpired priority-array entries, with their time left (None: until relinquished)."""
+        mono = self.clock.monotonic()
+        holds = []
+        for point in self.arbiter.points:
+            effective = self.arbiter.effective(point)
+            for prio, entry in self.arbiter.entries(point).items():
+                left = None if entry.expires is None else max(0.0, entry.expires - mono)
+                holds.append(
+                    {
+                        "point": point,
+                        "prio": prio,
+                        "value": entry.value,
+                        "source": entry.source,
+                        "left_s": left,
+                        "until": None if left is None else now_ms + round(left * 1000),
+                        "effective": effective,
+                    }
+                )
+        return holds
+
     def write_status(self) -> None:
         path = self.config.storage.data_dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")
@@ -395,12 +460,18 @@ class Agent:
             await self.clock.sleep(STATUS_PERIOD)
 
     async def _open_lines(self) -> None:
+        # One attempt each now, so the defaults below reach the devices that are
+        # there; the "line[...]" tasks keep retrying the others with backoff and
+        # reopen a line that goes away later. Meanwhile their devices are missed
+        # (comm_fail) and everything else runs on.
         for role, transport in self.transports.items():
-            try:
-                await transport.open()
-            except OSError as exc:
-                # The pollers count the misses and keep retrying; the uplink still runs.
-                log.error("serial line %s (%s) unavailable: %s", role, transport.port, exc)
+            if not await transport.try_open():
+                log.error(
+                    "serial line %s unavailable at start: %s; its devices count as silent "
+                    "until it opens",
+                    role,
+                    transport.last_error,
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
@@ -417,7 +488,13 @@ class Agent:
         # After a restart the priority arrays are empty: devices go back to their
         # defaults, so no hold ever outlives the agent.
         clean = False
-        failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
+        try:
+            failures = {p: e for p, e in (await self.arbiter.sync()).items() if e is not None}
+        except Exception:
+            # A driver bug must not keep the uplink and the outbox from running;
+            # the arbiter's own loop retries the writes.
+            log.exception("writing the defaults at start failed")
+            failures = {}
         if failures:
             log.warning("could not write the defaults of %s", ", ".join(sorted(failures)))
         try:
@@ -438,6 +515,10 @@ class Agent:
                     run("clock", self.clock_trust.run),
                     run("autonomy", self.autonomy.run),
                     run("watchdog", self.watchdog.run),
+                ]
+                others += [
+                    run(f"line[{role}]", transport.keep_open)
+                    for role, transport in self.transports.items()
                 ]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
@@ -466,6 +547,7 @@ class Agent:
             for transport in self.transports.values():
                 await transport.close()
             self.outbox.close()
+            self.instance.release()
 
     async def _drain(self) -> None:
         # Give what is queued a bounded chance to leave before the process goes,

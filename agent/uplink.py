@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 WINDOW = 20
 # Backoff jitter fraction: thousands of cabinets must not reconnect in step.
 JITTER = 0.3
+
+# After the first few failed connection attempts, log at most one line per this
+# many seconds (unless the error changes): retries stay visible, logs stay small.
+RETRY_LOG_EVERY = 60.0
 
 # Shortest wait for a CONNACK, SUBACK or PUBACK, seconds (slow cellular links).
 MIN_OPERATION_TIMEOUT = 5.0
@@ -121,6 +126,11 @@ class Uplink:
         self.incoming_dropped = 0  # messages discarded because the incoming queue was full
         self._drop_log_after = 0.0  # monotonic time before which drops are not logged again
         self._incoming: asyncio.Queue[aiomqtt.Message] | None = None  # the client's queue
+        # Failed connection attempts since the link was last up, for rate-limited logs.
+        self._failed_attempts = 0
+        self._last_failure = ""
+        self._logged_failure = ""
+        self._logged_at = -math.inf
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
@@ -171,14 +181,38 @@ class Uplink:
                 # The session's tasks raise inside a TaskGroup, hence the group.
                 exc = group.exceptions[0]
                 if self.state is LinkState.ONLINE:
-                    log.warning("uplink lost: %s", exc)
-                elif self.state is LinkState.CONNECTING:
-                    log.warning("uplink unreachable: %s", exc)
+                    log.warning(
+                        "uplink lost (%s:%d): %s", self._config.host, self._config.port, exc
+                    )
+                    self._failed_attempts = 0
+                else:
+                    self._failed_attempts += 1
+                    self._last_failure = str(exc)
             self.state = LinkState.OFFLINE
             self.online.clear()
             delay = backoff * (1 + self._rng.uniform(-JITTER, JITTER))
+            self._log_retry(delay)
             await self._clock.sleep(delay)
             backoff = min(backoff * 2, self._config.reconnect_max)
+
+    def _log_retry(self, delay: float) -> None:
+        """One line per failed connection attempt at first, then at most one a minute
+        (or when the error changes), naming the broker: a technician sees retries go on."""
+        if not self._failed_attempts:
+            return
+        now = self._clock.monotonic()
+        changed = self._last_failure != self._logged_failure
+        if self._failed_attempts > 3 and not changed and now - self._logged_at < RETRY_LOG_EVERY:
+            return
+        self._logged_at, self._logged_failure = now, self._last_failure
+        log.warning(
+            "uplink unreachable (%s:%d), attempt %d: %s; next attempt in %.1f s",
+            self._config.host,
+            self._config.port,
+            self._failed_attempts,
+            self._last_failure,
+            delay,
+        )
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._client_now = client

@@ -274,6 +274,9 @@ class Mosquitto:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
+                # Not in the terminal's process group: Ctrl-C is for whoever runs the
+                # broker, who stops it in its turn (after the agent has said goodbye).
+                start_new_session=True,
             )
         try:
             await self._wait_listening(proc)

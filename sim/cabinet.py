@@ -26,7 +26,9 @@ settings unchanged, and the meter sees the load go.
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,9 +44,12 @@ from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
 from sim.serial_line import VirtualSerialLine
 
-# Lamp names are ``lamp-NN`` (two digits), so at most 99 lamps per line; a real
-# RS-485 segment carries 32 unit loads anyway (TIA-485-A).
-MAX_LAMPS = 99
+# Lines of one simulated cabinet: enough to measure how the agent scales.
+MAX_LINES = 16
+# Unit ids a Modbus line can address (serial spec §2.2: 1..247). A real RS-485
+# segment carries 32 unit loads (TIA-485-A), 256 with 1/8-load transceivers, so
+# a full line is a scale test rather than a street cabinet.
+UNITS_PER_LINE = MAX_UNIT - MIN_UNIT + 1
 
 METER_NAME = "meter"
 ENV_NAME = "env"
@@ -62,7 +67,11 @@ class Scenario:
     """What the cabinet holds and how it behaves. Same scenario and seed, same run."""
 
     lamps: int = 8
-    """Number of lamp controllers, named lamp-01.. with units ``first_lamp_unit``.."""
+    """Number of lamp controllers, named lamp-01.. with units from ``first_lamp_unit``
+    (skipping the units of the meter, sensor and contactor), spread over ``lines``."""
+    lines: int = 1
+    """RS-485 lines: the lamps are split evenly over them, in order; the meter, the
+    sensor and the contactor are on the first."""
     meter: bool = True
     env: bool = True
     baudrate: int = 19200
@@ -93,8 +102,18 @@ class Scenario:
     (a solar panel), which makes the meter's total power negative."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.lamps <= MAX_LAMPS:
-            raise ValueError(f"lamps must be 0..{MAX_LAMPS}, got {self.lamps}")
+        if not 1 <= self.lines <= MAX_LINES:
+            raise ValueError(f"lines must be 1..{MAX_LINES}, got {self.lines}")
+        if self.lines > 1 and self.lamps < self.lines:
+            raise ValueError(
+                f"{self.lines} lines need at least as many lamps (one per line), got {self.lamps}"
+            )
+        if not 0 <= self.lamps <= self.max_lamps():
+            raise ValueError(
+                f"lamps must be 0..{self.max_lamps()} on {self.lines} line(s) "
+                f"({UNITS_PER_LINE} Modbus unit ids per line, {len(self._others())} taken "
+                f"by the meter, sensor and contactor), got {self.lamps}"
+            )
         if self.baudrate <= 0:
             raise ValueError(f"baudrate must be positive, got {self.baudrate}")
         if self.tick <= 0:
@@ -112,19 +131,61 @@ class Scenario:
         for name, unit in units.items():
             if not MIN_UNIT <= unit <= MAX_UNIT:
                 raise ValueError(f"{name}: unit {unit} outside {MIN_UNIT}..{MAX_UNIT}")
-        if len(set(units.values())) != len(units):
-            raise ValueError(f"two devices share a unit id: {units}")
+        lines = self.line_of()
+        seen = {(lines[name], unit) for name, unit in units.items()}
+        if len(seen) != len(units):
+            raise ValueError(f"two devices share a unit id on a line: {units}")
+
+    def _others(self) -> dict[str, int]:
+        others = {}
+        if self.meter:
+            others[METER_NAME] = self.meter_unit
+        if self.env:
+            others[ENV_NAME] = self.env_unit
+        if self.contactor:
+            others[CONTACTOR_NAME] = self.contactor_unit
+        return others
+
+    def max_lamps(self) -> int:
+        """The most lamps the scenario's lines can address."""
+        free = MAX_UNIT - self.first_lamp_unit + 1
+        taken = sum(u >= self.first_lamp_unit for u in self._others().values())
+        return max(0, free * self.lines - taken)
+
+    def lamp_lines(self) -> list[int]:
+        """The line (0-based) of each lamp, in order: contiguous, shares as even as the
+        lines' free unit ids allow (the first line also carries the other devices)."""
+        free = MAX_UNIT - self.first_lamp_unit + 1
+        taken = sum(u >= self.first_lamp_unit for u in self._others().values())
+        room = [free - taken] + [free] * (self.lines - 1)
+        shares = [0] * self.lines
+        for _ in range(self.lamps):
+            open_lines = [i for i in range(self.lines) if shares[i] < room[i]]
+            if not open_lines:
+                break  # more lamps than unit ids: __post_init__ says so
+            shares[min(open_lines, key=lambda i: (shares[i], i))] += 1
+        return [line for line, share in enumerate(shares) for _ in range(share)]
 
     def units(self) -> dict[str, int]:
         """Unit id of every device in the scenario, by name."""
-        units = {f"lamp-{i + 1:02d}": self.first_lamp_unit + i for i in range(self.lamps)}
-        if self.meter:
-            units[METER_NAME] = self.meter_unit
-        if self.env:
-            units[ENV_NAME] = self.env_unit
-        if self.contactor:
-            units[CONTACTOR_NAME] = self.contactor_unit
+        others = self._others()
+        taken = set(others.values())
+        units: dict[str, int] = {}
+        next_unit = [self.first_lamp_unit] * self.lines
+        for i, line in enumerate(self.lamp_lines()):
+            unit = next_unit[line]
+            while line == 0 and unit in taken:
+                unit += 1
+            units[f"lamp-{i + 1:02d}"] = unit
+            next_unit[line] = unit + 1
+        units.update(others)
         return units
+
+    def line_of(self) -> dict[str, int]:
+        """The line (0-based) of every device, by name."""
+        lines = {f"lamp-{i + 1:02d}": line for i, line in enumerate(self.lamp_lines())}
+        lines.update(dict.fromkeys(self._others(), 0))
+        return lines
 
 
 class _SwitchedLamp(Lamp):
@@ -146,7 +207,10 @@ class Cabinet:
     """The simulated cabinet: a :class:`VirtualSerialLine` and its devices.
 
     ``link_dir``, if given, gets a stable symlink ``link_dir/line_name`` to
-    :attr:`agent_port` while the cabinet runs.
+    :attr:`agent_port` while the cabinet runs; with several lines
+    (``Scenario.lines``), ``line_names`` names each (default ``line_name`` for
+    the first, then ``<line_name>-2``...), and every line has its own devices'
+    Modbus server.
     """
 
     def __init__(
@@ -156,6 +220,7 @@ class Cabinet:
         clock: Clock | None = None,
         link_dir: Path | None = None,
         line_name: str = "rs485_lamps",
+        line_names: Sequence[str] | None = None,
     ) -> None:
         self.scenario = scenario or Scenario()
         self._clock: Clock = clock or SystemClock()
@@ -163,12 +228,19 @@ class Cabinet:
         # agent appends a byte to at each feed, "V" on its magic close.
         self.watchdog = link_dir / "watchdog" if link_dir is not None else None
         sc = self.scenario
-        self.line = VirtualSerialLine(
-            baudrate=sc.baudrate if sc.wire_timing else None,
-            link_dir=link_dir,
-            name=line_name,
-        )
-        self._server: ModbusSerialServer | None = None
+        if line_names is None:
+            line_names = [line_name] + [f"{line_name}-{i + 1}" for i in range(1, sc.lines)]
+        if len(line_names) != sc.lines:
+            raise ValueError(f"{sc.lines} lines need as many names, got {list(line_names)}")
+        self.line_names = list(line_names)
+        self.lines = [
+            VirtualSerialLine(
+                baudrate=sc.baudrate if sc.wire_timing else None, link_dir=link_dir, name=name
+            )
+            for name in self.line_names
+        ]
+        self.line = self.lines[0]
+        self._servers: list[ModbusSerialServer] = []
         self._lamps: list[_SwitchedLamp] = []
         for name, unit in sc.units().items():
             if name.startswith("lamp-"):
@@ -215,7 +287,10 @@ class Cabinet:
             self.devices[ENV_NAME] = self._env
         if self._contactor is not None:
             self.devices[CONTACTOR_NAME] = self._contactor
-        self._by_unit = {device.unit: device for device in self.devices.values()}
+        self._line_of = sc.line_of()
+        self._by_unit: list[dict[int, Device]] = [{} for _ in self.lines]
+        for device in self.devices.values():
+            self._by_unit[self._line_of[device.name]][device.unit] = device
         # Settle every measurement so the registers are meaningful before the first tick.
         self.tick(0.0)
 
@@ -226,31 +301,34 @@ class Cabinet:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the line and start the devices' Modbus server on its device end."""
+        """Open the lines and start each line's Modbus server on its device end."""
         if self.watchdog is not None:
             self.watchdog.parent.mkdir(parents=True, exist_ok=True)
             self.watchdog.write_bytes(b"")
-        await self.line.start()
         try:
-            server = ModbusSerialServer(
-                [device.simdevice() for device in self.devices.values()],
-                framer=FramerType.RTU,
-                port=self.line.device_port,
-                baudrate=self.scenario.baudrate,
-                trace_pdu=self._admit_request,
-            )
-            await server.serve_forever(background=True)
+            for index, line in enumerate(self.lines):
+                await line.start()
+                devices = self._by_unit[index]
+                server = ModbusSerialServer(
+                    [device.simdevice() for device in devices.values()],
+                    framer=FramerType.RTU,
+                    port=line.device_port,
+                    baudrate=self.scenario.baudrate,
+                    trace_pdu=functools.partial(self._admit_request, devices),
+                )
+                await server.serve_forever(background=True)
+                self._servers.append(server)
         except BaseException:
-            await self.line.close()
+            await self.close()
             raise
-        self._server = server
 
     async def close(self) -> None:
-        """Stop the server and close the line. Idempotent."""
-        server, self._server = self._server, None
-        if server is not None:
+        """Stop the servers and close the lines. Idempotent."""
+        servers, self._servers = self._servers, []
+        for server in servers:
             await server.shutdown()  # type: ignore[no-untyped-call]
-        await self.line.close()
+        for line in self.lines:
+            await line.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -359,9 +437,14 @@ class Cabinet:
         return device
 
     def device_table(self) -> list[dict[str, str | int]]:
-        """One row per device (name, model, unit), for writing the agent's config."""
+        """One row per device (name, model, unit, line name), for the agent's config."""
         return [
-            {"name": device.name, "model": device.model, "unit": device.unit}
+            {
+                "name": device.name,
+                "model": device.model,
+                "unit": device.unit,
+                "line": self.line_names[self._line_of[device.name]],
+            }
             for device in self.devices.values()
         ]
 
@@ -372,14 +455,16 @@ class Cabinet:
             known = ", ".join(self.devices) or "none"
             raise KeyError(f"no device {name!r} in this cabinet (have: {known})") from None
 
-    def _admit_request(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+    def _admit_request(
+        self, devices: dict[int, Device], sending: bool, pdu: ModbusPDU
+    ) -> ModbusPDU:
         # pymodbus 3.16 calls this on every decoded request (sending=False) and
         # skips the request when it returns a falsy value. Without this filter
         # it answers a unit it does not know with exception 4 (its lookup
         # raises KeyError, which it reports as DEVICE FAILURE).
         if sending:
             return pdu
-        device = self._by_unit.get(pdu.dev_id)
+        device = devices.get(pdu.dev_id)
         if device is None or not device.powered:
             return None  # type: ignore[return-value]
         return pdu

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -541,7 +542,7 @@ class Commander:
             )
         except TimeoutError as exc:
             raise TimeoutError(
-                f"no Ack for command {cmd_id.hex()} from {gw} within {timeout} s ({exc})"
+                f"no Ack for command {cmd_id.hex()} from {gw} within {timeout:g} s"
             ) from exc
         ack = answer(self._central)
         assert ack is not None  # wait_for returned, so the predicate held
@@ -657,7 +658,13 @@ def jsonable(value: Any) -> Any:
 
 
 def _cli_command(
-    gw: str, op: str, target: str | None, value: str | None, prio: int | None, hold: int | None
+    gw: str,
+    op: str,
+    target: str | None,
+    value: str | None,
+    prio: int | None,
+    hold: int | None,
+    validity_s: float = DEFAULT_VALIDITY_S,
 ) -> dict[str, Any]:
     """The Command body for ``armoire central send``, or LocalProtocolError with a usage hint."""
     now = wall_ms(SystemClock())
@@ -671,14 +678,23 @@ def _cli_command(
                 raise LocalProtocolError("relinquish takes no value")
             parsed = parse_value(value) if value is not None else None
             return make_command(
-                gw=gw, op=op, point=target, value=parsed, prio=prio, hold=hold, now_ms=now
+                gw=gw,
+                op=op,
+                point=target,
+                value=parsed,
+                prio=prio,
+                hold=hold,
+                now_ms=now,
+                validity_s=validity_s,
             )
         case "action":
             if not target:
                 raise LocalProtocolError("action needs a name, e.g. `action selftest`")
             if value is not None:
                 raise LocalProtocolError("action takes no value")
-            return make_command(gw=gw, op=op, name=target, prio=prio, hold=hold, now_ms=now)
+            return make_command(
+                gw=gw, op=op, name=target, prio=prio, hold=hold, now_ms=now, validity_s=validity_s
+            )
         case _:
             raise LocalProtocolError(f"unknown operation {op!r}; use write, relinquish or action")
 
@@ -694,19 +710,23 @@ async def send_cli(
     hold: int | None,
     timeout: float,  # noqa: ASYNC109 -- a CLI option, passed down
     key_name: str = "operator",
+    ttl: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """What ``armoire central send --data DIR --gw ID OP TARGET [VALUE]`` does.
 
     ``write lamp-03/level 40 [--prio 10] [--hold 600]``, ``relinquish
     lamp-03/level``, ``action selftest``. Reads ``DIR/central.toml``, signs
     with ``DIR/<key_name>.key``, verifies the Ack with the gateway's key.
-    ``value`` is parsed by :func:`parse_value`.
+    ``value`` is parsed by :func:`parse_value`. ``ttl``: how long the command
+    stays valid, in seconds (its ``exp``; the broker's Message Expiry follows),
+    :data:`DEFAULT_VALIDITY_S` if None.
 
     Returns ``(exit_status, result)``: the Ack as JSON-able data (``cmd`` as
     hex) with 0 for ``done`` and 1 for ``rejected``/``failed``;
     ``{"error": ...}`` with 2 for bad arguments, configuration or keys, and
     with 3 when no Ack came within ``timeout`` seconds or the broker could not
-    be reached.
+    be reached. A timeout's error says until when the command may still be
+    applied (its ``exp``, also given as ``exp`` in ms and ``exp_utc``).
     """
     try:
         config = read_central_config(directory)
@@ -721,10 +741,20 @@ async def send_cli(
             raise LocalProtocolError(f"--prio must be {PRIO_MIN}..{PRIO_MAX}, got {prio}")
         if hold is not None and hold < 0:
             raise LocalProtocolError(f"--hold must be >= 0 seconds, got {hold}")
-        body = _cli_command(gw, op, target, value, prio, hold)
+        if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+            raise LocalProtocolError(f"--ttl must be a positive number of seconds, got {ttl:g}")
+        validity = DEFAULT_VALIDITY_S if ttl is None else ttl
+        body = _cli_command(gw, op, target, value, prio, hold, validity)
     except LocalProtocolError as exc:
         return EXIT_USAGE, {"error": str(exc)}
     cmd = body["id"].hex()
+    exp_ms: int = body["exp"]
+    exp_text = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(exp_ms / MS_PER_S))
+    exp_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp_ms / MS_PER_S))
+    pending = (
+        f"the command stays deliverable until its expiry, {exp_text}: "
+        f"if {gw} comes online before then it may still apply it"
+    )
     try:
         async with (
             CentralPost(config.broker, {gw: gateway_key}, connect_timeout=timeout) as central,
@@ -732,8 +762,19 @@ async def send_cli(
         ):
             ack = await commander.send(gw, body, timeout=timeout)
     except TimeoutError as exc:
-        return EXIT_TIMEOUT, {"error": str(exc), "cmd": cmd}
+        return EXIT_TIMEOUT, {
+            "error": f"{exc}; {pending}",
+            "cmd": cmd,
+            "exp": exp_ms,
+            "exp_utc": exp_utc,
+        }
     except aiomqtt.MqttError as exc:
-        return EXIT_TIMEOUT, {"error": f"broker {config.broker}: {exc}", "cmd": cmd}
+        # Whether the publish left before the connection failed is unknown.
+        return EXIT_TIMEOUT, {
+            "error": f"broker {config.broker}: {exc}; if it was published, {pending}",
+            "cmd": cmd,
+            "exp": exp_ms,
+            "exp_utc": exp_utc,
+        }
     status = EXIT_DONE if ack["status"] == "done" else EXIT_REFUSED
     return status, jsonable(ack)

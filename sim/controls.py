@@ -23,6 +23,8 @@ HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
     "1-9 device off/on · f fail/repair lamp-01 · : command · q quit"
 )
+# The same in 80 columns.
+HELP_SHORT = "keys: c/s/r cut/stall/restore link · b broker · 1-9 off/on · f lamp · : cmd · q"
 COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
 
 # Sends a typed command as the central post would; returns a line describing the Ack.

@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import urlsplit
 
+from agent.board import BOARDS_DIR
 from agent.clock import SystemClock
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, Reading, load_public_pem
+from sim.central import CentralPost, load_public_pem
 from sim.commander import (
     Commander,
     init_central_keys,
@@ -39,16 +39,19 @@ from sim.commander import (
     parse_value,
     write_central_config,
 )
-from sim.controls import COMMAND_HELP, HELP, Controls
-from sim.proxy import LinkProxy
+from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
+from sim.proxy import LinkProxy, LinkState
+from sim.view import View, agent_status, schedule_line
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
+# The simulator's own log while the live view is on the terminal (the agent's is agent.log).
+SIM_LOG = "sim.log"
+# The board file written into the data directory when the cabinet has several lines.
+SIM_BOARD_FILE = "board-sim.toml"
 # How long the agent gets to stop cleanly (flush, drain) before it is killed.
 AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
-# Seconds over which the view's readings/s is averaged.
-RATE_WINDOW = 15.0
 POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
 
 
@@ -59,6 +62,7 @@ class SimOptions:
     duration: float | None = None
     agent: bool = True
     lamps: int = 8
+    lines: int = 1
     seed: int = 1
 
 
@@ -137,6 +141,36 @@ async def typed_command(commander: Commander, text: str) -> str:
 DIJON = (47.32, 5.04, "Europe/Paris")
 
 
+def line_roles(count: int) -> list[str]:
+    """The serial roles of ``count`` simulated RS-485 lines: rs485_1 (board/sim.toml), rs485_2..."""
+    return [f"rs485_{i + 1}" for i in range(count)]
+
+
+def sim_board(roles: list[str]) -> str:
+    """board/sim.toml with one more RS-485 role per extra simulated line, as TOML text.
+
+    A real gateway has one field bus; a scale test wants several, each a role
+    of its own (dev/rs485_N under the simulator's data directory).
+    """
+    text = (BOARDS_DIR / "sim.toml").read_text()
+    text = text.replace('name = "sim"', f'name = "sim-{len(roles)}-lines"', 1)
+    extra = []
+    for role in roles:
+        if f"[serial.{role}]" in text:
+            continue
+        extra += [
+            "",
+            f"[serial.{role}]",
+            f'device = "dev/{role}"',
+            "baudrate = 19200",
+            'parity = "N"',
+            "bytesize = 8",
+            "stopbits = 2",
+            "rs485 = true",
+        ]
+    return text + "\n".join(extra) + "\n"
+
+
 def agent_config(
     cabinet: Cabinet,
     broker_url: str,
@@ -146,12 +180,15 @@ def agent_config(
     root_extra: str = "",
     tail: str = "",
     place: tuple[float, float, str] | None = None,
+    board_file: str = "sim",
 ) -> str:
     """The gateway configuration for this cabinet, as TOML text.
 
     ``root_extra`` is TOML inserted among the top-level keys (``lighting = []``), ``tail``
     is appended after the devices (``[[lighting]]``, ``[failsafe]`` tables). ``place`` is
-    (latitude, longitude, time zone); Dijon by default.
+    (latitude, longitude, time zone); Dijon by default. ``board_file``: "sim"
+    (board/sim.toml: one RS-485 line), or the path of a board written by
+    :func:`sim_board` when the cabinet has more lines.
     """
     latitude, longitude, timezone = place or DIJON
     lines = [
@@ -167,7 +204,7 @@ def agent_config(
         "",
         "[board]",
         "# The simulated board: same roles as a real one, devices under ./dev/",
-        'file = "sim"',
+        f'file = "{board_file}"',
         'base_dir = "."',
         "",
         "[uplink]",
@@ -192,7 +229,7 @@ def agent_config(
             "[[devices]]",
             f'name = "{dev["name"]}"',
             'driver = "modbus-rtu"',
-            f'line = "{LINE_ROLE}"',
+            f'line = "{dev.get("line", LINE_ROLE)}"',
             f"address = {dev['unit']}",
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
@@ -213,8 +250,14 @@ class AgentProcess:
     async def start(self) -> None:
         log = self.log_path.open("ab")
         try:
+            # Its own session: Ctrl-C in the simulator's terminal reaches the simulator,
+            # which stops the agent (SIGTERM) before the broker, as on a gateway.
             self.proc = await asyncio.create_subprocess_exec(
-                *agent_command(self.config), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                *agent_command(self.config),
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -237,124 +280,6 @@ class AgentProcess:
         return self.proc.returncode
 
 
-class View:
-    """The live terminal view (a full-screen table on a TTY, a status line otherwise)."""
-
-    def __init__(self, out: TextIO, *, gw: str, broker: str, data: Path) -> None:
-        self.out = out
-        self.data = data
-        self.controls: Controls | None = None
-        self.gw = gw
-        self.broker = broker
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self._samples: deque[tuple[float, int]] = deque()
-        self.rate = 0.0
-
-    def sample_rate(self, readings: int) -> None:
-        # Over the last RATE_WINDOW seconds: telemetry arrives in batches a few
-        # seconds apart, so a one-second rate would flicker between 0 and a burst.
-        now = time.monotonic()
-        self._samples.append((now, readings))
-        while self._samples and now - self._samples[0][0] > RATE_WINDOW:
-            self._samples.popleft()
-        t0, n0 = self._samples[0]
-        self.rate = (readings - n0) / (now - t0) if now > t0 else 0.0
-
-    def render(
-        self, central: CentralPost, agent: AgentProcess | None, cabinet: Cabinet, link: LinkProxy
-    ) -> None:
-        stats = central.stats()
-        self.sample_rate(stats["readings"])
-        up = int(time.monotonic() - self.started)
-        state = central.state.get(self.gw)
-        link_state = "unknown"
-        if state is not None:
-            link_state = "ONLINE" if state.get("online") else "OFFLINE (death received)"
-        agent_state = "external" if agent is None else ("running" if agent.running else "stopped")
-        status = _agent_status(self.data) or {}
-        outbox = status.get("outbox", {})
-        queued = sum(outbox.get("depth", {}).values())
-        evicted = outbox.get("evicted", {}).get("readings", 0)
-        if not self.tty:
-            if up % 10 == 0:
-                print(
-                    f"[{up:5d}s] gateway {link_state}, agent {agent_state}, outbox {queued}, "
-                    f"verified {stats['verified']}, "
-                    f"rejected {stats['rejected']}, readings {stats['readings']} "
-                    f"({self.rate:.1f}/s)",
-                    file=self.out,
-                    flush=True,
-                )
-            return
-        lines = [
-            f"Armoire simulator — gateway {self.gw} — broker {self.broker} — up "
-            f"{up // 3600:02d}:{up // 60 % 60:02d}:{up % 60:02d}",
-            f"gateway {link_state}   uplink {link.state.value}   agent {agent_state}   "
-            f"outbox {queued} messages queued, {evicted} readings evicted",
-            f"central post: verified {stats['verified']}  rejected {stats['rejected']}  "
-            f"duplicates {stats['duplicates']}  readings {stats['readings']} "
-            f"({self.rate:.1f}/s)  points {stats['points']}",
-            schedule_line(status),
-            "",
-            *self._device_lines(central, cabinet),
-            "",
-            HELP if self.controls is not None and sys.stdin.isatty() else "Ctrl-C to stop.",
-            *self._command_lines(),
-        ]
-        self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-        self.out.flush()
-
-    def _command_lines(self) -> list[str]:
-        if self.controls is None:
-            return []
-        if self.controls.typing is not None:
-            return [COMMAND_HELP, f": {self.controls.typing}_"]
-        return [self.controls.last]
-
-    def _device_lines(self, central: CentralPost, cabinet: Cabinet) -> Iterator[str]:
-        by_device: dict[str, dict[str, Reading]] = {}
-        for reading in central.latest.values():
-            if reading.gw == self.gw:
-                device, _, name = reading.point.partition("/")
-                by_device.setdefault(device, {})[name] = reading
-        yield f"{'device':<10} {'quality':<10} values (as verified by the central post)"
-        for name in cabinet.devices:
-            readings = by_device.get(name, {})
-            qualities = {r.quality for r in readings.values()}
-            quality = "—" if not readings else ("good" if qualities == {0} else _quality(qualities))
-            values = "  ".join(f"{k}={_fmt(r.value)}" for k, r in sorted(readings.items()))
-            yield f"{name:<10} {quality:<10} {values}"
-
-
-def schedule_line(status: dict[str, Any]) -> str:
-    """One line of the agent's fail-safe state: mode, clock, and each lighting group's level
-    and next switching instant (local time of the simulator's machine)."""
-    failsafe = status.get("failsafe") or {}
-    groups = []
-    for name, group in (failsafe.get("lighting") or {}).items():
-        level = group.get("level", 0)
-        nxt = group.get("next")
-        when = dt.datetime.fromisoformat(nxt).astimezone().strftime("%H:%M") if nxt else "-"
-        cell = " (photocell)" if group.get("photocell") else ""
-        groups.append(f"{name} {'on ' + str(level) + ' %' if level else 'off'}{cell}, next {when}")
-    clock = (failsafe.get("clock") or {}).get("quality", "?")
-    return f"fail-safe: mode {failsafe.get('mode', '?')}  clock {clock}  schedule " + (
-        "; ".join(groups) or "none"
-    )
-
-
-def _quality(codes: set[int]) -> str:
-    names = {0: "good", 1: "stale", 2: "comm_fail", 3: "out_of_range", 4: "overridden"}
-    return ",".join(names.get(c, str(c)) for c in sorted(codes) if c)
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
-
-
 async def _sim(options: SimOptions) -> dict[str, int]:
     data = (options.data or default_data_dir()).resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -373,18 +298,23 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         # The agent reaches the broker through a proxy that models the cellular link.
         host, port = _host_port(broker_url)
         link = await stack.enter_async_context(LinkProxy(host, port))
+        roles = line_roles(options.lines)
         cabinet = await stack.enter_async_context(
             Cabinet(
-                Scenario(lamps=options.lamps, seed=options.seed),
+                Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed),
                 clock=clock,
                 link_dir=data / "dev",
-                line_name=LINE_ROLE,
+                line_names=roles,
             )
         )
         ensure_keys(data)
         central_dir = ensure_central(data, broker_url)
         config = data / "agent.toml"
-        config.write_text(agent_config(cabinet, link.url))
+        board = "sim"
+        if options.lines > 1:
+            board = SIM_BOARD_FILE
+            (data / board).write_text(sim_board(roles))
+        config.write_text(agent_config(cabinet, link.url, board_file=board))
         central = await stack.enter_async_context(
             CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
         )
@@ -402,6 +332,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                 flush=True,
             )
         view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
+        view.extra_lines.append(lambda: schedule_line(agent_status(data) or {}))
         controls = Controls(
             cabinet=cabinet,
             link=link,
@@ -409,20 +340,27 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             quit=stop.set,
             send=lambda text: typed_command(commander, text),
         )
-        view.controls = controls
+        view.footer = lambda: _footer(controls, view.tty and sys.stdin.isatty(), view.width())
         async with asyncio.TaskGroup() as tg:
             model = tg.create_task(cabinet.run(), name="sim.cabinet")
             try:
                 async with asyncio.timeout(options.duration):
-                    with controls.attached():
+                    with controls.attached(), _logs_to(data / SIM_LOG, view.tty):
                         while not stop.is_set():
-                            view.render(central, agent, cabinet, link)
+                            view.render(
+                                central,
+                                agent_state=_agent_state(agent),
+                                link_state=link.state.value,
+                                devices=list(cabinet.devices),
+                            )
                             with contextlib.suppress(TimeoutError):
                                 async with asyncio.timeout(1.0):
                                     await stop.wait()
             except TimeoutError:
                 pass
-            await link.restore()  # let the agent drain what it holds before it stops
+            view.close()
+            if link.state is not LinkState.UP:
+                await link.restore()  # let the agent drain what it holds before it stops
             if agent is not None:
                 await agent.stop()
             # Let the last messages the agent drained on exit reach the central post.
@@ -430,36 +368,106 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                 await central.wait_for(lambda c: _settled(c, data), timeout=5.0)
             model.cancel()
         stats = central.stats()
-        status = _agent_status(data)
-        published = int(status.get("uplink", {}).get("published", 0)) if status else 0
+        status = agent_status(data) or {}
+        outbox = status.get("outbox", {})
         return {
-            "published": published,
-            "verified": stats["verified"],
-            "rejected": stats["rejected"],
-            "points": stats["points"],
+            "agent_published": int(status.get("uplink", {}).get("published", 0)),
+            "agent_outbox_left": sum(outbox.get("depth", {}).values()),
+            "central_verified": stats["verified"],
+            "central_by_kind": {k: n for k, n in stats["by_kind"].items() if n},
+            "central_rejected": stats["rejected"],
+            "central_duplicates": stats["duplicates"],
             "readings": stats["readings"],
+            "points": stats["points"],
         }
 
 
+@contextlib.contextmanager
+def _logs_to(path: Path, redirect: bool) -> Iterator[None]:
+    """While the full-screen view is up, the simulator's own log lines go to ``path``:
+    written to the terminal they would scroll the view."""
+    if not redirect:
+        yield
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = logging.FileHandler(path)
+    if saved and saved[0].formatter is not None:
+        handler.setFormatter(saved[0].formatter)
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+        handler.close()
+
+
+def _agent_state(agent: AgentProcess | None) -> str:
+    if agent is None:
+        return "external"
+    return "running" if agent.running else "stopped"
+
+
+def _footer(controls: Controls, interactive: bool, cols: int) -> list[str]:
+    """The keys' help and what the last key or command did (or the command being typed)."""
+    if not interactive:
+        return ["Ctrl-C to stop."]
+    if controls.typing is not None:
+        return [COMMAND_HELP, f": {controls.typing}_"]
+    return [HELP if len(HELP) <= cols else HELP_SHORT, controls.last]
+
+
+KIND_NAMES = {"tele": "telemetry", "evt": "events", "ack": "acks", "state": "Birth/Death"}
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """The final figures in words: what each count means, so none looks contradictory."""
+    kinds = ", ".join(f"{n} {KIND_NAMES.get(k, k)}" for k, n in figures["central_by_kind"].items())
+    return "\n".join(
+        [
+            f"agent: published {figures['agent_published']} messages in its last run, "
+            f"{figures['agent_outbox_left']} left in its outbox",
+            f"central post: verified {figures['central_verified']} messages of this data "
+            "directory's runs:",
+            f"  {kinds or 'none'}",
+            "  (Birth/Death: retained ones from earlier runs and the Death the broker",
+            "  publishes for a lost gateway included)",
+            f"central post: rejected {figures['central_rejected']}, dropped "
+            f"{figures['central_duplicates']} duplicates; {figures['readings']} readings of "
+            f"{figures['points']} points",
+        ]
+    )
+
+
 def _settled(central: CentralPost, data: Path) -> bool:
-    status = _agent_status(data)
+    status = agent_status(data)
     if status is None:
         return True
     published = int(status.get("uplink", {}).get("published", 0))
     return bool(central.stats()["verified"] >= published)
 
 
-def _agent_status(data: Path) -> dict[str, Any] | None:
+def check_options(options: SimOptions) -> str | None:
+    """A usage error in the options (lamps or lines the cabinet cannot hold), or None."""
     try:
-        loaded: dict[str, Any] = json.loads((data / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return loaded
+        Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed)
+    except ValueError as exc:
+        message = str(exc).replace("lamps must be", "--lamps must be")
+        message = message.replace("lines must be", "--lines must be")
+        if "lines need at least" in message or "--lamps must be 0.." in message:
+            message += " (add --lines, or fewer --lamps)"
+        return message
+    return None
 
 
 def run_sim(options: SimOptions) -> int:
     """Run the simulator; prints the final figures as one JSON line."""
+    problem = check_options(options)
+    if problem is not None:
+        print(f"armoire sim: {problem}", file=sys.stderr)
+        return 2
     result = asyncio.run(_sim(options))
+    print(summary(result), flush=True)
     print(json.dumps(result), flush=True)
     return 0
 

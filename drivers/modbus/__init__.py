@@ -28,7 +28,7 @@ from drivers.modbus.codec import (
     crc16,
     encode_request,
 )
-from drivers.modbus.transport import RtuTransport, inter_frame_gap
+from drivers.modbus.transport import PortUnavailable, RtuTransport, inter_frame_gap
 
 __all__ = [
     "NEED_DATA",
@@ -41,6 +41,7 @@ __all__ = [
     "ModbusError",
     "NeedData",
     "NoResponse",
+    "PortUnavailable",
     "ReadHoldingRegisters",
     "ReadInputRegisters",
     "RegisterWritten",

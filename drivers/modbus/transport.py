@@ -20,7 +20,10 @@ between transactions, and stale bytes can be dropped without reading them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import os
+import random
 import termios
 from types import TracebackType
 from typing import Final, Self
@@ -44,7 +47,9 @@ from drivers.modbus.codec import (
     encode_request,
 )
 
-__all__ = ["RtuTransport", "inter_frame_gap"]
+__all__ = ["PortUnavailable", "RtuTransport", "inter_frame_gap"]
+
+log = logging.getLogger(__name__)
 
 # Serial spec §2.5.1.1: a character on an RTU line is 11 bits (start, 8 data,
 # parity or a second stop bit, stop), and frames are separated by at least
@@ -66,12 +71,36 @@ STOP_BITS: Final = frozenset({1, 2})
 # oldest bytes are dropped (and counted) rather than growing without bound.
 RX_BUFFER_CAPACITY: Final = 4096
 
+# Reopening a port that is absent or went away (a USB-RS485 adapter unplugged):
+# first retry after REOPEN_MIN, doubling up to REOPEN_MAX, +/- REOPEN_JITTER. A
+# retry is one open() attempt, cheap; the cap bounds how long a port that came
+# back stays unused.
+REOPEN_MIN: Final = 1.0
+REOPEN_MAX: Final = 30.0
+REOPEN_JITTER: Final = 0.1
+
+
+class PortUnavailable(ConnectionError):
+    """The port is not open right now (absent, or lost and not yet reopened).
+
+    A ``ConnectionError`` (so an ``OSError``): the device behind it counts as
+    silent, and :meth:`RtuTransport.keep_open` brings the port back.
+    """
+
 
 def inter_frame_gap(baudrate: int) -> float:
     """Minimum silence between two frames, in seconds (serial spec §2.5.1.1, t3.5)."""
     if baudrate > FIXED_GAP_ABOVE_BAUD:
         return FIXED_INTER_FRAME_GAP
     return INTER_FRAME_CHARACTERS * BITS_PER_CHARACTER / baudrate
+
+
+def _reason(exc: Exception | None) -> str:
+    """A short why for a port that is not open: the OS's words when there are some
+    (pyserial repeats the port's name twice in its own message)."""
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc) if exc is not None else "closed"
 
 
 class _Line(asyncio.Protocol):
@@ -162,6 +191,11 @@ class RtuTransport:
         self._gap = inter_frame_gap(baudrate)
         self._char_time = BITS_PER_CHARACTER / baudrate
         self._lock = PriorityLock()
+        # Set while keep_open() looks after the port: a closed port is then a
+        # condition of the line (PortUnavailable), not a bug of the caller.
+        self._kept = False
+        self._last_error: Exception | None = None
+        self.reopens = 0
         self._transport: asyncio.Transport | None = None
         self._line: _Line | None = None
         # When the last byte we wrote is expected to have left the wire.
@@ -261,6 +295,83 @@ class RtuTransport:
             f"could not configure port {self._port} ({settings}): {reason}"
         )
 
+    @property
+    def last_error(self) -> Exception | None:
+        """Why the port is not open (None while it is, or before the first attempt)."""
+        return self._last_error
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the port is not open, in a few words (None while it is open)."""
+        return None if self.is_open else _reason(self._last_error)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the port is open and has not been lost."""
+        return self._line is not None and not self._line.lost
+
+    async def try_open(self) -> bool:
+        """Open the port unless it is open; on failure remember why and return False.
+
+        From then on the port is looked after: a transaction on a closed port
+        raises :class:`PortUnavailable`. Run :meth:`keep_open` to reopen it.
+        """
+        self._kept = True
+        if self.is_open:
+            return True
+        await self.close()
+        try:
+            await self.open()
+        except OSError as exc:
+            self._last_error = exc
+            return False
+        self._last_error = None
+        return True
+
+    async def keep_open(
+        self,
+        *,
+        reopen_min: float = REOPEN_MIN,
+        reopen_max: float = REOPEN_MAX,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Forever: reopen the port whenever it is absent or lost, with capped backoff.
+
+        Logs once when the port becomes unavailable (naming it and the OS error),
+        again only if the error changes, and once when it is back.
+        """
+        rng = rng or random.Random()
+        delay = reopen_min
+        # A failure of try_open() before this started was reported by its caller.
+        reported = None if self._last_error is None else str(self._last_error)
+        while True:
+            if await self.try_open():
+                if reported is not None:
+                    self.reopens += 1
+                    log.warning("serial port %s open again", self._port)
+                reported = None
+                delay = reopen_min
+                assert self._line is not None
+                await asyncio.shield(self._line.closed)
+                reason = self._line.lost_reason
+                log.error("serial port %s lost (%s); reopening", self._port, reason or "closed")
+                reported = f"lost: {reason}"
+                self._last_error = ConnectionError(f"{self._port} was lost: {reason}")
+                await self.close()
+                continue
+            error = str(self._last_error)
+            if error != reported:
+                log.error(
+                    "serial port %s unavailable: %s; retrying with backoff up to %g s",
+                    self._port,
+                    error,
+                    reopen_max,
+                )
+                reported = error
+            # The line's own timing, like the rest of this module (I/O, not logic).
+            await asyncio.sleep(delay * (1 + rng.uniform(-REOPEN_JITTER, REOPEN_JITTER)))
+            delay = min(delay * 2, reopen_max)
+
     async def close(self) -> None:
         """Close the port; a transaction in progress fails with ConnectionError. Idempotent."""
         transport, line = self._transport, self._line
@@ -308,6 +419,10 @@ class RtuTransport:
         async with self._lock.hold(priority):
             transport, line = self._transport, self._line
             if transport is None or line is None:
+                if self._kept:
+                    raise PortUnavailable(
+                        f"serial port {self._port} is not open ({_reason(self._last_error)})"
+                    )
                 raise LocalProtocolError(f"{self._port} is not open")
             try:
                 response = await self._transact_locked(transport, line, request)

@@ -128,11 +128,18 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()[-3000:]
-    last = json.loads(out.decode().strip().splitlines()[-1])
-    assert set(last) == {"published", "verified", "rejected", "points", "readings"}
-    assert last["rejected"] == 0
+    text = out.decode()
+    last = json.loads(text.strip().splitlines()[-1])
+    assert set(last) == {
+        "agent_published", "agent_outbox_left", "central_verified", "central_by_kind",
+        "central_rejected", "central_duplicates", "readings", "points",
+    }  # fmt: skip
+    assert last["central_rejected"] == 0
     assert last["points"] == 69
-    assert last["verified"] == last["published"] > 0
+    # A fresh data directory: nothing retained from an earlier run, so the figures agree.
+    assert last["central_verified"] == last["agent_published"] > 0
+    assert last["central_verified"] == sum(last["central_by_kind"].values())
+    assert f"agent: published {last['agent_published']} messages in its last run" in text
     # The keys stay in the data folder, and `armoire keys show` prints them.
     show = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "keys", "show", "--data", str(tmp_path),

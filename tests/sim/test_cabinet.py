@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
@@ -314,19 +316,84 @@ def test_scenario__same_seed_same_run() -> None:
 def test_scenario__rejects_shared_unit() -> None:
     """Two devices on one unit id are refused when the scenario is built, not found on the wire."""
     with pytest.raises(ValueError, match="share a unit"):
-        Scenario(lamps=25, meter_unit=20)
+        Scenario(lamps=25, env_unit=20)
 
 
 def test_cabinet__device_table_lists_every_device() -> None:
     """The device table gives each device's name, model and unit, for the agent's config."""
     table = Cabinet(Scenario(lamps=2)).device_table()
+    line = "rs485_lamps"
     assert table == [
-        {"name": "lamp-01", "model": "lamp-ctl", "unit": 1},
-        {"name": "lamp-02", "model": "lamp-ctl", "unit": 2},
-        {"name": "meter", "model": "meter-3ph", "unit": 20},
-        {"name": "env", "model": "env-sensor", "unit": 30},
-        {"name": "contactor", "model": "contactor", "unit": 40},
+        {"name": "lamp-01", "model": "lamp-ctl", "unit": 1, "line": line},
+        {"name": "lamp-02", "model": "lamp-ctl", "unit": 2, "line": line},
+        {"name": "meter", "model": "meter-3ph", "unit": 20, "line": line},
+        {"name": "env", "model": "env-sensor", "unit": 30, "line": line},
+        {"name": "contactor", "model": "contactor", "unit": 40, "line": line},
     ]
+
+
+@given(lines=st.integers(1, 4), data=st.data())
+def test_scenario__any_lamp_count_a_line_can_carry_gets_unit_ids(
+    lines: int, data: st.DataObject
+) -> None:
+    """`armoire sim --lamps 20` died with "two devices share a unit id": the meter, sensor
+    and contactor sat on units 20, 30 and 40."""
+    limit = Scenario(lines=lines, lamps=lines).max_lamps()
+    assert limit == 247 * lines - 3
+    lamps = data.draw(st.integers(lines if lines > 1 else 0, limit))
+    scenario = Scenario(lamps=lamps, lines=lines)
+    units, line_of = scenario.units(), scenario.line_of()
+    assert sum(name.startswith("lamp-") for name in units) == lamps
+    assert all(1 <= unit <= 247 for unit in units.values())
+    assert len({(line_of[n], u) for n, u in units.items()}) == len(units)
+    # Even shares, unless the first line (which also carries 3 devices) is full.
+    shares = [scenario.lamp_lines().count(i) for i in range(lines)]
+    assert max(shares) - min(shares) <= 1 or (shares[0] == 244 and min(shares[1:]) >= 244)
+
+
+@pytest.mark.parametrize(
+    ("lamps", "lines", "match"),
+    [
+        (245, 1, r"lamps must be 0\.\.244 on 1 line\(s\)"),
+        (492, 2, r"lamps must be 0\.\.491 on 2 line\(s\)"),
+        (2, 3, "3 lines need at least as many lamps"),
+        (8, 0, "lines must be 1"),
+    ],
+)
+def test_scenario__more_lamps_than_the_lines_carry_is_a_clear_error(
+    lamps: int, lines: int, match: str
+) -> None:
+    """Past what the lines can address, the simulator must say so, not crash later."""
+    with pytest.raises(ValueError, match=match):
+        Scenario(lamps=lamps, lines=lines)
+
+
+async def test_cabinet__devices_answer_on_their_own_line(clock: FakeClock) -> None:
+    """With --lines 2, a lamp would answer on the wrong line, or the second line not at all."""
+    async with Cabinet(Scenario(lamps=4, lines=2), clock=clock) as cab:
+        table = {row["name"]: row for row in cab.device_table()}
+        assert table["lamp-03"]["line"] == "rs485_lamps-2"
+        for index, line in enumerate(cab.lines):
+            client = AsyncModbusSerialClient(
+                line.agent_port,
+                framer=FramerType.RTU,
+                baudrate=cab.scenario.baudrate,
+                timeout=CLIENT_TIMEOUT,
+                retries=0,
+            )
+            assert await client.connect()
+            try:
+                here = [n for n, row in table.items() if row["line"] == cab.line_names[index]]
+                for name in here:
+                    unit = int(table[name]["unit"])
+                    assert len(await read_inputs(client, unit, 1)) == 1
+                if index == 1:
+                    # lamp-03 is unit 1 on line 2; unit 20 (the meter) is not on this line.
+                    assert table["lamp-03"]["unit"] == 1
+                    with pytest.raises(ModbusIOException):
+                        await client.read_input_registers(0, count=1, device_id=20)
+            finally:
+                client.close()
 
 
 def test_env__load_warms_the_cabinet_and_dries_the_air() -> None:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -519,7 +520,53 @@ async def test_send_cli__rejected_is_exit_1_and_silence_exit_3(
         )  # fmt: skip
     assert status == 3
     assert "no Ack" in result["error"]
+    assert "stays deliverable until" in result["error"]
+    assert "stats" not in result["error"]
     assert len(result["cmd"]) == 32
+
+
+async def test_send_cli__ttl_sets_validity_and_broker_expiry(
+    broker: Mosquitto, central_dir: Path, tmp_path: Path
+) -> None:
+    """A command would stay deliverable a fixed 60 s whatever the operator wants, and a
+    timeout would not say that the gateway may still apply it later, nor until when."""
+    operator = load_key(central_dir / "operator.key")
+    silent = FakeGateway(gw=GW, commander=raw(operator))
+    write_central_config(
+        central_dir, broker=broker.url, gateways={GW: gateway_pub(tmp_path, silent)}
+    )
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as listener:
+        await listener.subscribe(f"armoire/v1/{GW}/cmd", qos=1)
+        status, result = await send_cli(
+            central_dir, GW, "action", "selftest", None, prio=None, hold=None,
+            timeout=SILENCE_S, ttl=600,
+        )  # fmt: skip
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(listener.messages))
+    assert status == 3
+    body = open_cose(bytes(message.payload), raw(operator))  # type: ignore[arg-type]
+    assert body["exp"] - body["iat"] == 600_000
+    assert message.properties is not None
+    assert message.properties.MessageExpiryInterval in (599, 600)
+    assert result["exp"] == body["exp"]
+    local_exp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(body["exp"] / 1000))
+    assert f"stays deliverable until its expiry, {local_exp}" in result["error"]
+    assert f"within {SILENCE_S:g} s" in result["error"]
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan")])
+async def test_send_cli__bad_ttl_is_exit_2(central_dir: Path, ttl: float) -> None:
+    """A zero or negative validity would send a command that can never be applied."""
+    write_central_config(central_dir, broker="mqtt://127.0.0.1:1", gateways={GW: central_dir / "x"})
+    (central_dir / "x").write_bytes((central_dir / "root.pub").read_bytes())
+    status, result = await send_cli(
+        central_dir, GW, "action", "selftest", None, prio=None, hold=None, timeout=SILENCE_S,
+        ttl=ttl,
+    )  # fmt: skip
+    assert status == 2
+    assert "--ttl" in result["error"]
 
 
 @pytest.mark.parametrize(

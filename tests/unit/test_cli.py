@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli import _parser, main
+from tests.unit.test_outbox import _freeze, _thaw
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
 
@@ -60,7 +63,7 @@ def test_run__missing_keys_exits_2_with_hint(
 
 def test_check__valid_config(capsys: pytest.CaptureFixture[str]) -> None:
     """A technician could not confirm a configuration before deploying it."""
-    assert main(["check", "--config", str(FIXTURES / "good.toml")]) == 0
+    assert main(["check", "--config", str(FIXTURES / "good.toml"), "--config-only"]) == 0
     assert ": ok (" in capsys.readouterr().out
 
 
@@ -126,3 +129,150 @@ def test_schedule__bad_date_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["schedule", "--config", str(FIXTURES / "good.toml"), "--from", "21/12/2026"])
     assert exc.value.code == 2
     assert "expected YYYY-MM-DD" in capsys.readouterr().err
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                yield f"{path} {choice.dest}", choice
+            for name, sub in action.choices.items():
+                yield from _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}", action
+
+
+def test_cli__every_command_and_option_has_help() -> None:
+    """A technician typing --help would meet bare option names and guess what they do."""
+    missing = [name for name, action in _actions(_parser(), "armoire") if not action.help]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "DEBUG", "check", "--config", "x.toml"],
+        ["check", "--config", "x.toml", "--log-level", "debug"],
+        ["keys", "show", "--data", "d", "--log-level", "DEBUG"],
+        ["central", "send", "--data", "d", "--gw", "g", "action", "ping", "--log-level", "DEBUG"],
+    ],
+)
+def test_cli__global_options_before_or_after_the_command(argv: list[str]) -> None:
+    """`armoire run --config X --log-level DEBUG` would be refused as an unknown option."""
+    assert _parser().parse_args(argv).log_level == "DEBUG"
+    assert (
+        _parser()
+        .parse_args([a for a in argv if a.upper() != "DEBUG" and a != "--log-level"])
+        .log_level
+        is None  # then the configuration's [log] level, else INFO
+    )
+
+
+def _provisioned(tmp_path: Path) -> tuple[Path, Path]:
+    """A gateway folder: agent.toml naming data/ (keys made) and a serial line that is absent."""
+    shutil.copy(FIXTURES / "good.toml", tmp_path / "agent.toml")
+    shutil.copy(FIXTURES / "fan-ctl.toml", tmp_path / "fan-ctl.toml")
+    data = tmp_path / "data"
+    assert main(["keys", "init", "--data", str(data)]) == 0
+    return tmp_path / "agent.toml", data
+
+
+def test_keys__init_and_show_agree_on_a_missing_gateway_id_and_show_takes_config_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys init` printed "gw": "" where `keys show` printed null, and `keys show --config`
+    refused to run without --data."""
+    assert main(["keys", "init", "--data", str(tmp_path / "bare")]) == 0
+    assert json.loads(capsys.readouterr().out)["gw"] is None
+    config, _ = _provisioned(tmp_path)
+    capsys.readouterr()
+    assert main(["keys", "show", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["gw"] == "cab-0001"
+
+
+def test_check__runtime_problems_named_and_graded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`armoire check` said ok for a gateway without trust store or serial port; a technician
+    would find out only when commands are refused or devices stay silent."""
+    config, _ = _provisioned(tmp_path)
+    capsys.readouterr()
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "OK       gateway key" in out
+    assert "PROBLEM  trust store unusable" in out
+    assert "refuses every command" in out
+    assert "PROBLEM  serial line rs485_1" in out
+    assert "No such file or directory" in out
+    assert "FATAL" not in out
+
+
+def test_check__missing_keys_and_unwritable_data_are_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that cannot start would pass `armoire check` and fail at the first boot."""
+    config, data = _provisioned(tmp_path)
+    (data / "gateway.key").unlink()
+    before = sorted(p.name for p in data.iterdir())
+    _freeze(data)
+    try:
+        assert main(["check", "--config", str(config)]) == 1
+    finally:
+        _thaw(data)
+    captured = capsys.readouterr()
+    assert f"FATAL    data directory {data} is not writable" in captured.out
+    assert "gateway.key: no such file" in captured.out
+    assert "2 fatal problem(s)" in captured.err
+    assert sorted(p.name for p in data.iterdir()) == before  # the check changed nothing
+
+
+def test_status__without_status_file_says_so_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`armoire status` on a gateway that never ran would print a traceback or nothing."""
+    assert main(["status", "--data", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "status.json" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--lamps", "245"], "--lamps must be 0..244 on 1 line(s)"),
+        (["--lamps", "3", "--lines", "5"], "5 lines need at least as many lamps"),
+        (["--lines", "0"], "--lines must be 1.."),
+    ],
+)
+def test_sim__lamps_past_what_the_lines_carry_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    """`armoire sim --lamps 300` would die with a traceback after starting a broker."""
+    assert main(["sim", "--data", str(tmp_path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert match in captured.err
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run__unwritable_data_directory_exits_1_naming_file_and_os_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An immutable data directory was taken for a corrupt outbox: the healthy backlog was
+    moved aside, and the message did not say that the directory cannot be written."""
+    config, data = _provisioned(tmp_path)
+    (data / "outbox.sqlite").write_bytes(b"")  # an empty file is a valid empty database
+    (data / "agent.lock").write_text("")
+    before = sorted(p.name for p in data.iterdir())
+    capsys.readouterr()
+    _freeze(data)
+    try:
+        assert main(["run", "--config", str(config)]) == 1
+    finally:
+        _thaw(data)
+    err = capsys.readouterr().err
+    assert f"cannot open the outbox {data / 'outbox.sqlite'} for writing" in err
+    assert f"cannot create files in {data}: Operation not permitted" in err or (
+        "Permission denied" in err
+    )
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -12,10 +12,12 @@ these tests run the line as 8N2, the spec's no-parity framing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from drivers.modbus import (
     LineBusy,
     LocalProtocolError,
     NoResponse,
+    PortUnavailable,
     ReadHoldingRegisters,
     ReadInputRegisters,
     RegistersRead,
@@ -425,3 +428,49 @@ def test_transport__invalid_settings_rejected(kwargs: dict[str, object], field: 
     """A line configured with settings RTU cannot use must fail at construction."""
     with pytest.raises(LocalProtocolError, match=field):
         RtuTransport("/dev/null", **kwargs)  # type: ignore[arg-type]
+
+
+async def _answer_one(device: Device) -> None:
+    await device.next_request()
+    device.send(READ_REPLY)
+
+
+async def test_transport__absent_port_reopened_when_it_appears_and_after_it_vanishes(
+    tmp_path: Path,
+) -> None:
+    """A USB-RS485 adapter missing at start, or unplugged and plugged back, would leave its
+    devices unreachable until the agent is restarted."""
+    link = tmp_path / "ttyUSB-rs485"
+    rtu = RtuTransport(
+        str(link), baudrate=BAUDRATE, parity="N", stopbits=2, response_timeout=RESPONSE_TIMEOUT
+    )
+    assert not await rtu.try_open()
+    with pytest.raises(PortUnavailable, match=str(link)):
+        await rtu.transact(READ)
+    keeper = asyncio.create_task(rtu.keep_open(reopen_min=0.01, reopen_max=0.05))
+    pairs: list[Pty] = []
+    try:
+        for _ in range(2):
+            pair = Pty()
+            pairs.append(pair)
+            link.symlink_to(pair.path)
+            await eventually(lambda: rtu.is_open, within=5.0)
+            device = Device(pair.master)
+            answer = asyncio.create_task(_answer_one(device))
+            assert (await rtu.transact(READ)).values == (555, 0, 100)
+            await answer
+            # Unplugged: the node disappears and the other end hangs up.
+            device.stop_reading()
+            link.unlink()
+            pair.close_master()
+            await eventually(lambda: not rtu.is_open, within=5.0)
+            with pytest.raises(ConnectionError):
+                await rtu.transact(READ)
+        assert rtu.reopens == 2
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await rtu.close()
+        for pair in pairs:
+            os.close(pair.slave)

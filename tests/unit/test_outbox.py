@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from agent.outbox import (
     Evictions,
     MsgClass,
     Outbox,
+    OutboxUnavailable,
     Pending,
     UncleanStop,
 )
@@ -342,3 +346,101 @@ def test_outbox__lost_count_survives_restart_and_evicted_carriers(tmp_path: Path
         box.append(_sized(MsgClass.TELEMETRY, 1000, readings=0))
     # Then: the last batch of 10 readings (+10), the carrier with lost=20 (+20), an empty one.
     assert box.lost_pending == 40
+
+
+def _forward_all(box: Outbox) -> list[int]:
+    """What the uplink would publish, until the outbox is empty."""
+    sent = []
+    while records := box.take(50):
+        for record in records:
+            box.done(record)
+            sent.append(record.seq)
+    return sent
+
+
+def test_outbox__two_processes_on_one_file_leave_it_startable(tmp_path: Path) -> None:
+    """Two agents started on one data directory would leave an outbox whose every append
+    fails (UNIQUE constraint on seq), with alarms that can never be sent."""
+    clock = FakeClock()
+    first = Outbox.open(tmp_path, clock)
+    second = Outbox.open(tmp_path, clock)  # what a second agent did before the lock
+    seqs = []
+    for _ in range(5):
+        seqs += first.append_many([_item(), _item(MsgClass.ALARM)])
+        seqs += second.append_many([_item(MsgClass.ALARM)])
+    assert len(set(seqs)) == len(seqs)
+    second.close()
+    first.close()
+    box = Outbox.open(tmp_path, clock)
+    new = box.append(_item(MsgClass.ALARM))
+    assert new > max(seqs)
+    assert sorted(_forward_all(box)) == sorted([*seqs, new])
+
+
+@pytest.mark.parametrize("stored_next", [0, 1, 97])
+def test_outbox__stored_next_seq_below_records_is_repaired(
+    tmp_path: Path, stored_next: int
+) -> None:
+    """An outbox whose stored next seq is not above its records (the state two agents left:
+    next seq 97 with records 97 and 98) would crash every start."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    seqs = box.append_many([_item() for _ in range(97)])
+    seqs += box.append_many([_item(MsgClass.ALARM), _item(MsgClass.ALARM)])
+    assert seqs[-2:] == [97, 98]
+    box.close()
+    db = sqlite3.connect(tmp_path / OUTBOX_FILE)
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (stored_next,))
+    db.close()
+    (tmp_path / STATE_FILE).write_text(json.dumps({"boot": 1, "seq_reserved": stored_next}))
+    box = Outbox.open(tmp_path, clock)
+    assert box.last_seq == 98
+    seq = box.append(_item(MsgClass.ALARM))
+    assert seq == 99
+    assert sorted(_forward_all(box)) == [*seqs, 99]
+    box.close()
+    box = Outbox.open(tmp_path, clock)
+    assert box.append(_item()) == 100
+
+
+def _freeze(folder: Path) -> None:
+    """Make ``folder`` refuse new files, as a read-only or immutable medium does."""
+    if os.geteuid() == 0:
+        # root ignores permission bits: the immutable attribute binds even root.
+        result = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if result.returncode != 0:
+            pytest.skip(f"cannot make {folder} immutable here: {result.stderr.decode().strip()}")
+    else:
+        folder.chmod(0o555)
+
+
+def _thaw(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True, check=False)
+    folder.chmod(0o755)
+
+
+def test_outbox__unwritable_folder_is_reported_not_moved_aside(tmp_path: Path) -> None:
+    """A read-only data directory would be taken for corruption and a healthy backlog moved
+    aside, or the agent would fail without saying which file and why."""
+    data = tmp_path / "data"
+    clock = FakeClock()
+    box = Outbox.open(data, clock)
+    seqs = [box.append(_item(MsgClass.ALARM)) for _ in range(5)]
+    box.close()
+    before = sorted(p.name for p in data.iterdir())
+    _freeze(data)
+    try:
+        with pytest.raises(OutboxUnavailable) as caught:
+            Outbox.open(data, clock)
+        assert str(data / OUTBOX_FILE) in str(caught.value)
+        assert "for writing" in str(caught.value)
+        # The OS's own words, as `ls` or `touch` would report them.
+        assert re.search(r"Operation not permitted|Permission denied", str(caught.value))
+        assert sorted(p.name for p in data.iterdir()) == before
+    finally:
+        _thaw(data)
+    box = Outbox.open(data, clock)
+    assert box.recovery is None
+    assert _forward_all(box) == seqs
