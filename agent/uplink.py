@@ -130,18 +130,25 @@ class Uplink:
     async def run(self) -> None:
         backoff = self._config.reconnect_min
         while True:
+            client = self._client()
             try:
-                async with self._client() as client:
+                async with client:
                     self.connects += 1
                     backoff = self._config.reconnect_min
                     await self._session(client)
             except* aiomqtt.MqttError as group:
-                # The session's tasks raise inside a TaskGroup, hence the group.
-                exc = group.exceptions[0]
+                # The session's tasks raise inside (nested) TaskGroups, hence the group;
+                # log the error itself, not "unhandled errors in a TaskGroup".
+                exc = _first_leaf(group)
                 if self.state is LinkState.ONLINE:
                     log.warning("uplink lost: %s", exc)
                 elif self.state is LinkState.CONNECTING:
                     log.warning("uplink unreachable: %s", exc)
+            finally:
+                # A session given up on a hung broker or a stalled link (a PUBACK or
+                # DISCONNECT timed out) leaves paho's socket open: close it now rather
+                # than when paho's keepalive notices, so sockets do not pile up.
+                _close_socket(client)
             self.state = LinkState.OFFLINE
             self.online.clear()
             delay = backoff * (1 + self._rng.uniform(-JITTER, JITTER))
@@ -154,6 +161,16 @@ class Uplink:
             await self._serve(client)
         finally:
             self._client_now = None
+            # Nothing in flight outlives its connection. A record's own publish task
+            # gives it back when the publish fails, but a task cancelled before its
+            # first step (the session broke in the same loop iteration it was
+            # created) never runs that code: the record stayed "in flight" for
+            # ever, excluded from every later take() (issue 8). And we never rely on
+            # the broker's session to deliver what we still hold: whatever was not
+            # acknowledged on this connection is published again on the next one.
+            released = self._outbox.release_all()
+            if released:
+                log.info("%d unacknowledged records will be sent again", len(released))
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         for sub in self._subscriptions:
@@ -232,6 +249,20 @@ class Uplink:
             "published": self.published,
             "published_readings": self.published_readings,
         }
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _close_socket(client: aiomqtt.Client) -> None:
+    """Close paho's socket if a failed session left it open (it also stops paho's timer task)."""
+    paho = client._client
+    if paho.socket() is not None:
+        with contextlib.suppress(OSError):
+            paho._sock_close()
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -1,0 +1,225 @@
+"""The uplink on its own against a real mosquitto, through the simulator's link proxy.
+
+No agent process: an :class:`~agent.uplink.Uplink` forwards a real outbox, the
+test breaks the link or the broker the ways the field does (a hung broker, a
+stalled radio link, a broker replaced without its sessions, PUBACKs that never
+come), and a subscriber at the broker says what actually arrived. The promise
+under test (issue 8): once a working broker is reachable again, every stored
+record is published and deleted, without restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.clock import SystemClock
+from agent.config import UplinkConfig
+from agent.messages import MessageFactory
+from agent.outbox import MsgClass, Outbox, Pending
+from agent.security.cose import Signer
+from agent.uplink import LinkState, Uplink
+from sim.broker import Mosquitto
+from sim.proxy import LinkProxy
+
+pytestmark = pytest.mark.integration
+
+GW = "gw-uplink-test"
+TOPIC = f"test/{GW}/records"
+# The smallest keepalive the configuration accepts: PUBACK and CONNACK waits are
+# max(5 s, keepalive), so a hung broker is given up on after about 5 s.
+KEEPALIVE = 5
+# Deadline of every wait: a fault is detected within ~2 keepalives, a reconnect
+# within reconnect_max; generous for a loaded 2-core machine.
+WAIT_S = 40.0
+POLL_S = 0.05
+
+
+@dataclass
+class Collector:
+    """A subscriber at the broker: which record payloads arrived, how many times."""
+
+    port: int
+    received: list[bytes] = field(default_factory=list)
+
+    async def run(self, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port, identifier="collector") as client:
+            await client.subscribe(TOPIC, qos=1)
+            subscribed.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                self.received.append(message.payload)
+
+
+@dataclass
+class Bench:
+    """An uplink forwarding a real outbox through a link proxy to mosquitto."""
+
+    broker: Mosquitto
+    link: LinkProxy
+    outbox: Outbox
+    uplink: Uplink
+    collector: Collector | None = None
+    _collector_task: asyncio.Task[None] | None = None
+
+    def append(self, n: int = 1) -> list[int]:
+        """Store ``n`` records; each payload names its seq."""
+        return self.outbox.append_many(
+            [
+                Pending(cls=MsgClass.TELEMETRY, topic=TOPIC, build=lambda s: b"record %d" % s)
+                for _ in range(n)
+            ]
+        )
+
+    async def listen(self) -> None:
+        """(Re)start the subscriber on the broker as it is now."""
+        await self.stop_listening()
+        self.collector = Collector(self.broker.port)
+        subscribed = asyncio.Event()
+        self._collector_task = asyncio.create_task(self.collector.run(subscribed))
+        async with asyncio.timeout(WAIT_S):
+            await subscribed.wait()
+
+    async def stop_listening(self) -> None:
+        if self._collector_task is not None:
+            self._collector_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._collector_task
+            self._collector_task = None
+
+    def arrived(self, seqs: list[int]) -> bool:
+        got = set(self.collector.received) if self.collector else set()
+        return all(b"record %d" % s in got for s in seqs)
+
+
+async def until(what: str, condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (state of the uplink, outbox or subscriber) until it holds."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not condition():  # noqa: ASYNC110 - state of other parts, no event
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        raise AssertionError(f"not within {WAIT_S} s: {what}") from None
+
+
+@pytest.fixture
+async def bench(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Bench]:
+    clock = SystemClock()
+    outbox = Outbox.open(tmp_path / "data", clock)
+    async with LinkProxy("127.0.0.1", broker.port) as link:
+        config = UplinkConfig(
+            broker=link.url,
+            host="127.0.0.1",
+            port=link.port,
+            tls=False,
+            keepalive=KEEPALIVE,
+            session_expiry=3600,
+            reconnect_min=0.2,
+            reconnect_max=1.0,
+            ca_file=None,
+            cert_file=None,
+            key_file=None,
+        )
+        factory = MessageFactory(
+            gw=GW, boot=outbox.boot, signer=Signer(Ed25519PrivateKey.generate())
+        )
+        uplink = Uplink(
+            config=config,
+            outbox=outbox,
+            factory=factory,
+            clock=clock,
+            birth_points={},
+            config_digest=bytes(32),
+            agent_version="test",
+        )
+        bench = Bench(broker=broker, link=link, outbox=outbox, uplink=uplink)
+        await bench.listen()
+        task = asyncio.create_task(uplink.run(), name="uplink")
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await uplink.online.wait()
+            yield bench
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await bench.stop_listening()
+            outbox.close()
+
+
+async def _lost(bench: Bench, connects: int) -> None:
+    """Wait until the uplink gave up the connection it had (the fault was noticed)."""
+    await until(
+        "the uplink noticed the fault",
+        lambda: bench.uplink.state is not LinkState.ONLINE or bench.uplink.connects > connects,
+    )
+
+
+async def test_uplink__record_in_flight_when_broker_hangs_is_sent_to_the_next_broker(
+    bench: Bench,
+) -> None:
+    """A batch in flight when the broker froze would stay unsent until the agent restarts,
+    a permanent seq gap at the central post (issue 8: SIGSTOP, then a new broker)."""
+    pid = bench.broker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        seqs = bench.append()
+        await until("the record is in flight", lambda: bench.outbox.inflight == 1)
+        await _lost(bench, bench.uplink.connects)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    # A fresh broker on the same port, without the old one's sessions; the link is
+    # held cut until the subscriber is in place so nothing arrives unseen.
+    await bench.link.cut()
+    await bench.broker.restart()
+    await bench.listen()
+    connects = bench.uplink.connects
+    await bench.link.restore()
+    await until("the record reached the new broker", lambda: bench.arrived(seqs))
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    assert bench.outbox.inflight == 0
+    assert bench.uplink.connects > connects
+
+
+async def test_uplink__records_in_flight_when_link_stalls_are_sent_after_it_recovers(
+    bench: Bench,
+) -> None:
+    """Records sent into a half-open link (nothing acknowledged, TCP still open) would be
+    held back for ever once the link recovered."""
+    connects = bench.uplink.connects
+    await bench.link.stall()
+    seqs = bench.append(5)
+    await until("the records are in flight", lambda: bench.outbox.inflight == len(seqs))
+    await _lost(bench, connects)
+    assert bench.outbox.depth == len(seqs)
+    await bench.link.restore()
+    await until("the records reached the broker", lambda: bench.arrived(seqs))
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    assert bench.outbox.inflight == 0
+
+
+async def test_uplink__unacknowledged_records_resent_when_broker_lost_the_session(
+    bench: Bench,
+) -> None:
+    """A broker restarted without its persistence has no session: records the agent still
+    holds must be sent again on the new connection, not awaited from the broker."""
+    await bench.link.stall()
+    seqs = bench.append(3)
+    await until("the records are in flight", lambda: bench.outbox.inflight == len(seqs))
+    await bench.link.cut()
+    await bench.broker.restart(keep_persistence=False)
+    await bench.listen()
+    await bench.link.restore()
+    await until("the records reached the broker", lambda: bench.arrived(seqs))
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    assert bench.outbox.inflight == 0
