@@ -46,6 +46,15 @@ class Reading:
     quality: Quality
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxState:
+    """The Birth's ``outbox``: what the gateway still holds when it connects."""
+
+    depth: int  # stored records, not yet acknowledged by the broker
+    inflight: int  # of which published and awaiting their PUBACK
+    oldest_ms: int | None  # when the oldest of them was stored (epoch ms)
+
+
 class Severity(int, Enum):
     """Syslog severities used in Events (PROTOCOL.md: 0 emergency … 7 debug)."""
 
@@ -150,6 +159,7 @@ class MessageFactory:
         agent_version: str,
         config_digest: bytes,
         points: Mapping[str, tuple[str, bool]],
+        outbox: OutboxState | None = None,
     ) -> bytes:
         """The retained Birth; ``points`` maps each point to (unit, writable)."""
         body = self._header(last_seq)
@@ -160,6 +170,12 @@ class MessageFactory:
             config=config_digest,
             points={name: {"unit": unit, "w": w} for name, (unit, w) in points.items()},
         )
+        if outbox is not None:
+            body["outbox"] = {
+                "depth": outbox.depth,
+                "inflight": outbox.inflight,
+                "oldest": outbox.oldest_ms,
+            }
         return self._seal(body)
 
     def death(self, last_seq: int, *, t_ms: int) -> bytes:

@@ -204,6 +204,8 @@ class Agent:
             "gw": self.config.gateway,
             "pid": os.getpid(),
             "t": wall_ms(self.clock),
+            # Live asyncio tasks: a count that keeps growing is a leak (bench/soak.py).
+            "tasks": len(asyncio.all_tasks()),
             "uplink": self.uplink.statistics(),
             "outbox": self.outbox.statistics(),
             "reporter": {

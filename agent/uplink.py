@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from agent.clock import Clock, wall_ms
 from agent.config import UplinkConfig
-from agent.messages import MessageFactory, Topic, topic
+from agent.messages import MessageFactory, OutboxState, Topic, topic
 from agent.outbox import Outbox, Record
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,11 @@ class Uplink:
             agent_version=self._version,
             config_digest=self._digest,
             points=self._birth_points,
+            outbox=OutboxState(
+                depth=self._outbox.depth,
+                inflight=self._outbox.inflight,
+                oldest_ms=self._outbox.oldest_ms(),
+            ),
         )
         await client.publish(topic(self.gw, Topic.STATE), birth, qos=1, retain=True)
         self.published += 1

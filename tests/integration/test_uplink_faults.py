@@ -17,14 +17,16 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import SystemClock
 from agent.config import UplinkConfig
-from agent.messages import MessageFactory
+from agent.messages import MessageFactory, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.security.cose import Signer
 from agent.uplink import LinkState, Uplink
@@ -50,14 +52,22 @@ class Collector:
 
     port: int
     received: list[bytes] = field(default_factory=list)
+    births: list[dict[str, Any]] = field(default_factory=list)  # decoded Birth bodies
 
     async def run(self, subscribed: asyncio.Event) -> None:
         async with aiomqtt.Client("127.0.0.1", self.port, identifier="collector") as client:
             await client.subscribe(TOPIC, qos=1)
+            await client.subscribe(topic(GW, Topic.STATE), qos=1)
             subscribed.set()
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                self.received.append(message.payload)
+                if message.topic.matches(TOPIC):
+                    self.received.append(message.payload)
+                    continue
+                # COSE_Sign1: tag 18 over [protected, unprotected, payload, signature].
+                body = cbor2.loads(cbor2.loads(message.payload).value[2])
+                if body["online"]:
+                    self.births.append(body)
 
 
 @dataclass
@@ -174,6 +184,7 @@ async def test_uplink__record_in_flight_when_broker_hangs_is_sent_to_the_next_br
     os.kill(pid, signal.SIGSTOP)
     try:
         seqs = bench.append()
+        stored_ms = bench.outbox.oldest_ms()
         await until("the record is in flight", lambda: bench.outbox.inflight == 1)
         await _lost(bench, bench.uplink.connects)
     finally:
@@ -189,6 +200,11 @@ async def test_uplink__record_in_flight_when_broker_hangs_is_sent_to_the_next_br
     await until("the outbox is empty", lambda: bench.outbox.depth == 0)
     assert bench.outbox.inflight == 0
     assert bench.uplink.connects > connects
+    # The Birth on the new broker told the control room what was still held, since when.
+    assert bench.collector is not None
+    [birth] = bench.collector.births
+    assert stored_ms is not None
+    assert birth["outbox"] == {"depth": 1, "inflight": 0, "oldest": stored_ms}
 
 
 async def test_uplink__records_in_flight_when_link_stalls_are_sent_after_it_recovers(
