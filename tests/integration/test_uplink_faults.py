@@ -239,3 +239,21 @@ async def test_uplink__unacknowledged_records_resent_when_broker_lost_the_sessio
     await until("the records reached the broker", lambda: bench.arrived(seqs))
     await until("the outbox is empty", lambda: bench.outbox.depth == 0)
     assert bench.outbox.inflight == 0
+
+
+async def test_uplink__records_deleted_only_after_their_puback(bench: Bench) -> None:
+    """A record deleted on sending rather than on its PUBACK is lost when the acknowledgement
+    is; one never acknowledged must be sent again on the next connection."""
+    await bench.link.withhold_pubacks()
+    seqs = bench.append(4)
+    await until("the records reached the broker", lambda: bench.arrived(seqs))
+    await until(
+        "their PUBACKs were withheld", lambda: bench.link.statistics().pubacks_withheld >= 4
+    )
+    assert bench.outbox.depth == len(seqs)
+    assert bench.collector is not None
+    before = len(bench.collector.received)
+    await bench.link.restore()
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    await until("the records were sent again", lambda: len(bench.collector.received) >= 2 * before)
+    assert bench.outbox.inflight == 0
