@@ -268,6 +268,11 @@ def _close_socket(client: aiomqtt.Client) -> None:
     if paho.socket() is not None:
         with contextlib.suppress(OSError):
             paho._sock_close()
+    # aiomqtt leaves the disconnection error unretrieved when the session failed
+    # first ("Future exception was never retrieved" at exit); we logged the loss.
+    disconnected = client._disconnected
+    if disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
 
 
 def _no_delay(client: aiomqtt.Client) -> None:
