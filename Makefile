@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench install mosquitto clean
+.PHONY: demo test lint typecheck unit integration bench soak install mosquitto clean
 
 demo: install mosquitto
 	$(BIN)/armoire sim $(ARGS)
@@ -33,6 +33,10 @@ integration: install mosquitto
 
 bench: install mosquitto
 	$(BIN)/python bench/steady_state.py
+
+# Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
+soak: install mosquitto
+	$(BIN)/python bench/soak.py $(ARGS)
 
 install: $(STAMP)
 
