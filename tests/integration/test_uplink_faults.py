@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,13 +25,13 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.clock import SystemClock
+from agent.clock import FakeClock, SystemClock
 from agent.config import UplinkConfig
 from agent.messages import MessageFactory, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.security.cose import Signer
-from agent.uplink import LinkState, Uplink
-from sim.broker import Mosquitto
+from agent.uplink import JITTER, WINDOW, LinkState, Uplink
+from sim.broker import Mosquitto, free_port
 from sim.proxy import LinkProxy
 
 pytestmark = pytest.mark.integration
@@ -257,3 +258,92 @@ async def test_uplink__records_deleted_only_after_their_puback(bench: Bench) -> 
     await until("the outbox is empty", lambda: bench.outbox.depth == 0)
     await until("the records were sent again", lambda: len(bench.collector.received) >= 2 * before)
     assert bench.outbox.inflight == 0
+
+
+async def test_uplink__at_most_one_window_in_flight_without_pubacks(bench: Bench) -> None:
+    """An unbounded window would pour the whole backlog into a broker that acknowledges
+    nothing, and resend all of it after every fault."""
+    await bench.link.withhold_pubacks()
+    seqs = bench.append(WINDOW + 10)
+    await until("a window is in flight", lambda: bench.outbox.inflight == WINDOW)
+    connects = bench.uplink.connects
+    await _lost(bench, connects)
+    assert bench.collector is not None
+    # What reached the broker is exactly the first window, in seq order.
+    assert bench.collector.received == [b"record %d" % s for s in seqs[:WINDOW]]
+    await bench.link.restore()
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    assert bench.arrived(seqs)
+
+
+class RecordingClock(FakeClock):
+    """A fake clock that remembers every sleep asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        await super().sleep(seconds)
+
+
+async def test_uplink__reconnect_backoff_doubles_with_jitter_and_resets_once_connected(
+    tmp_path: Path,
+) -> None:
+    """Without capped, jittered backoff thousands of cabinets would hammer the broker in
+    step after an outage; without the reset, a gateway would wait minutes after a blip."""
+    clock = RecordingClock()
+    port = free_port()
+    outbox = Outbox.open(tmp_path / "data", clock)
+    config = UplinkConfig(
+        broker=f"mqtt://127.0.0.1:{port}",
+        host="127.0.0.1",
+        port=port,
+        tls=False,
+        keepalive=KEEPALIVE,
+        session_expiry=3600,
+        reconnect_min=1.0,
+        reconnect_max=8.0,
+        ca_file=None,
+        cert_file=None,
+        key_file=None,
+    )
+    uplink = Uplink(
+        config=config,
+        outbox=outbox,
+        factory=MessageFactory(gw=GW, boot=1, signer=Signer(Ed25519PrivateKey.generate())),
+        clock=clock,
+        birth_points={},
+        config_digest=bytes(32),
+        agent_version="test",
+        rng=random.Random(5),
+    )
+
+    async def sleep_asked(n: int) -> float:
+        """The ``n``-th wait (1-based) the uplink asked of the clock."""
+        await until(f"the uplink's wait #{n}", lambda: len(clock.asked) >= n)
+        return clock.asked[n - 1]
+
+    task = asyncio.create_task(uplink.run())
+    try:
+        # Nothing listens on the port yet: each attempt is refused at once.
+        delays = [await sleep_asked(1)]
+        while len(delays) < 6:
+            await clock.advance(delays[-1])
+            delays.append(await sleep_asked(len(delays) + 1))
+        bases = [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+        ratios = [d / b for d, b in zip(delays, bases, strict=True)]
+        assert all(1 - JITTER <= r <= 1 + JITTER for r in ratios), delays
+        assert len(set(ratios)) == len(ratios), delays  # jittered, not in step
+        async with Mosquitto(port=port, data_dir=tmp_path / "mosquitto") as broker:
+            await clock.advance(delays[-1])
+            await until("online", lambda: uplink.state is LinkState.ONLINE)
+            await broker.stop()
+            delay = await sleep_asked(7)
+        assert 1 - JITTER <= delay <= 1 + JITTER, delay  # back to reconnect_min
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        outbox.close()
