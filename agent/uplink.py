@@ -3,8 +3,10 @@
 On every connection: a ``Death`` signed now is left with the broker as the
 Will, the ``Birth`` is published retained, then the outbox is forwarded with a
 bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
-A lost link returns the in-flight records to the outbox and reconnects with
-capped, jittered exponential backoff. Incoming messages (commands) are handed
+However a session ends, every record it left unacknowledged goes back to the
+outbox and is published again on the next connection (never left to the
+broker's session); the uplink reconnects with capped, jittered exponential
+backoff. Incoming messages (commands) are handed
 to a handler.
 """
 
@@ -125,6 +127,7 @@ class Uplink:
         # aiomqtt warns beyond this many pending publishes; our window is deliberate.
         client.pending_calls_threshold = self._window
         _no_delay(client)
+        _guard_writes(client)
         return client
 
     async def run(self) -> None:
@@ -273,6 +276,35 @@ def _close_socket(client: aiomqtt.Client) -> None:
     disconnected = client._disconnected
     if disconnected.done() and not disconnected.cancelled():
         disconnected.exception()
+
+
+def _guard_writes(client: aiomqtt.Client) -> None:
+    """Watch the socket for writability only while it is still this client's.
+
+    aiomqtt schedules ``add_writer(sock.fileno(), ...)`` for the next loop
+    iteration; when the link is reset meanwhile, paho has closed the socket by
+    then, and asyncio logged "Bad file descriptor" with a traceback on every
+    link cut (or, had the number been reused, watched another file).
+    """
+    paho = client._client
+    loop = client._loop
+
+    def register(mqttc: Any, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                mqttc.loop_write()
+            except Exception as exc:  # as aiomqtt: a broken connection ends the session
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            current = paho.socket()
+            if current is not None and current is sock and current.fileno() >= 0:
+                loop.add_writer(current.fileno(), write)
+
+        loop.call_soon_threadsafe(watch)
+
+    paho.on_socket_register_write = register
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -347,3 +348,23 @@ async def test_uplink__reconnect_backoff_doubles_with_jitter_and_resets_once_con
         with contextlib.suppress(asyncio.CancelledError):
             await task
         outbox.close()
+
+
+async def test_uplink__link_cuts_reconnect_without_errors_in_the_log(
+    bench: Bench, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each link cut would print an asyncio traceback ("Bad file descriptor") into the
+    gateway's log, burying real errors under noise from the commonest field event."""
+    for _ in range(5):
+        connects = bench.uplink.connects
+        seqs = bench.append(3)
+        await bench.link.cut()
+        await bench.link.restore()
+        await until(
+            "back online",
+            lambda c=connects: bench.uplink.connects > c and bench.uplink.state is LinkState.ONLINE,
+        )
+        await until("the records arrived", lambda s=seqs: bench.arrived(s))
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert errors == []
