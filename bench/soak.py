@@ -15,6 +15,7 @@ process. Ends with one JSON line. Not a timing test: the exit status is 1 only
 if a record is missing at the central post or left in the outbox.
 
 Usage: .venv/bin/python bench/soak.py [--duration 600] [--seed N] [--data DIR]
+                                      [--kill-weight 0.3]
        make soak ARGS="--duration 3600"
 """
 
@@ -60,13 +61,14 @@ def _trend(samples: list[Sample]) -> dict[str, Any]:
     return out
 
 
-async def soak(duration: float, seed: int, data: Path) -> int:
+async def soak(duration: float, seed: int, data: Path, kill_weight: float) -> int:
     rng = random.Random(seed)
+    weights_by_kind = WEIGHTS | {Fault.AGENT_KILL: kill_weight}
     print(f"soak seed {seed}, {duration:.0f} s, data in {data}", flush=True)
     async with torture_site(data) as site:
         torture = Torture(site, rng, echo=lambda line: print(line, flush=True))
         await torture.start()
-        kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
+        kinds, weights = list(weights_by_kind), list(weights_by_kind.values())
         while torture.elapsed() < duration:
             await torture.inject(rng.choices(kinds, weights)[0])
         status = await torture.finish()
@@ -118,15 +120,21 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
     parser.add_argument("--seed", type=int, default=None, help="replay a run")
     parser.add_argument("--data", type=Path, default=None, help="keep the run's files here")
+    parser.add_argument(
+        "--kill-weight",
+        type=float,
+        default=WEIGHTS[Fault.AGENT_KILL],
+        help="relative frequency of agent kills (0: none, one agent process throughout)",
+    )
     args = parser.parse_args()
     # paho's "failed to receive on socket" from the central post: faults are the point.
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     if args.data is not None:
         args.data.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(soak(args.duration, seed, args.data))
+        return asyncio.run(soak(args.duration, seed, args.data, args.kill_weight))
     with tempfile.TemporaryDirectory(prefix="armoire-soak-") as tmp:
-        return asyncio.run(soak(args.duration, seed, Path(tmp)))
+        return asyncio.run(soak(args.duration, seed, Path(tmp), args.kill_weight))
 
 
 if __name__ == "__main__":
