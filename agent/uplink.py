@@ -164,12 +164,12 @@ class Uplink:
             await self._serve(client)
         finally:
             self._client_now = None
-            # Nothing in flight outlives its connection. A record's own publish task
-            # gives it back when the publish fails, but a task cancelled before its
-            # first step (the session broke in the same loop iteration it was
-            # created) never runs that code: the record stayed "in flight" for
-            # ever, excluded from every later take() (issue 8). And we never rely on
-            # the broker's session to deliver what we still hold: whatever was not
+            # Nothing in flight outlives its connection. Giving records back from
+            # their own publish tasks was not enough: a task cancelled before its
+            # first step (the session broke in the loop iteration it was created)
+            # never ran that code, and its record stayed "in flight" for ever,
+            # excluded from every later take() (issue 8). And we never rely on the
+            # broker's session to deliver what we still hold: whatever was not
             # acknowledged on this connection is published again on the next one.
             released = self._outbox.release_all()
             if released:
@@ -212,11 +212,10 @@ class Uplink:
 
         async def publish(record: Record) -> None:
             nonlocal inflight
+            # A failed publish ends the session, which gives the record back
+            # (_session): one place, which also covers tasks that never started.
             try:
                 await client.publish(record.topic, record.payload, qos=1)
-            except BaseException:
-                self._outbox.release([record.seq])
-                raise
             finally:
                 inflight -= 1
                 freed.set()
