@@ -49,6 +49,15 @@ class Reading:
     quality: Quality
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxState:
+    """The Birth's ``outbox``: what the gateway still holds when it connects."""
+
+    depth: int  # stored records, not yet acknowledged by the broker
+    inflight: int  # of which published and awaiting their PUBACK
+    oldest_ms: int | None  # when the oldest of them was stored (epoch ms)
+
+
 class Severity(int, Enum):
     """Syslog severities used in Events (PROTOCOL.md: 0 emergency … 7 debug)."""
 
@@ -177,6 +186,7 @@ class MessageFactory:
         points: Mapping[str, tuple[str, bool]],
         mode: str | None = None,
         reboot: str | None = None,
+        outbox: OutboxState | None = None,
     ) -> bytes:
         """The retained Birth; ``points`` maps each point to (unit, writable). ``mode``
         (normal / autonomous) and ``reboot`` (how the previous run ended) when known."""
@@ -196,6 +206,12 @@ class MessageFactory:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
             body["mode"] = mode
+        if outbox is not None:
+            body["outbox"] = {
+                "depth": outbox.depth,
+                "inflight": outbox.inflight,
+                "oldest": outbox.oldest_ms,
+            }
         return self._seal(body)
 
     def death(self, last_seq: int, *, t_ms: int) -> bytes:

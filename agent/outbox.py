@@ -521,6 +521,17 @@ class Outbox:
         if seqs:
             self._available.set()
 
+    def release_all(self) -> list[int]:
+        """Give back every record in flight, because the connection they went out on is gone.
+
+        The uplink calls this whenever a session ends, however it ends: nothing in
+        flight outlives its connection, so a publish that failed, was cancelled, or was
+        cancelled before it even started cannot leave its record stranded.
+        """
+        seqs = sorted(self._inflight)
+        self.release(seqs)
+        return seqs
+
     def done(self, record: Record) -> None:
         """The broker acknowledged ``record``: forget it (unless evicted meanwhile)."""
         self._inflight.discard(record.seq)
@@ -548,10 +559,20 @@ class Outbox:
     def depth(self) -> int:
         return sum(self._depth.values())
 
+    @property
+    def inflight(self) -> int:
+        """Records handed to the uplink and not yet acknowledged nor given back."""
+        return len(self._inflight)
+
+    def oldest_ms(self) -> int | None:
+        """Wall time (epoch ms) the oldest stored record was appended; None when empty."""
+        row = self._db.execute("SELECT MIN(t_ms) FROM records").fetchone()
+        return None if row[0] is None else int(row[0])
+
     def statistics(self) -> dict[str, object]:
         """Depth per class, bytes used, oldest record age, evictions: for the console and logs."""
-        row = self._db.execute("SELECT MIN(t_ms) FROM records").fetchone()
-        oldest = None if row[0] is None else max(0, wall_ms(self._clock) - row[0]) / 1000
+        oldest_ms = self.oldest_ms()
+        oldest = None if oldest_ms is None else max(0, wall_ms(self._clock) - oldest_ms) / 1000
         return {
             "boot": self.boot,
             "last_seq": self.last_seq,
@@ -560,6 +581,7 @@ class Outbox:
             "capacity_bytes": self.capacity_bytes,
             "inflight": len(self._inflight),
             "oldest_age_s": oldest,
+            "oldest_ms": oldest_ms,
             "evicted": {
                 "messages": {cls.value: self._meta(f"evicted.{cls.value}") for cls in MsgClass},
                 "readings": self._meta("evicted.readings"),

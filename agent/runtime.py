@@ -375,6 +375,8 @@ class Agent:
             },
             "downlink": self.downlink.counts,
             "loop_lag": self.loop_lag.statistics(),
+            # Live asyncio tasks: a count that keeps growing is a leak (bench/soak.py).
+            "tasks": len(asyncio.all_tasks()),
             "outbox": self.outbox.statistics(),
             "reporter": {
                 "readings": self.reporter.readings_sent,

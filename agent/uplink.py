@@ -3,11 +3,13 @@
 On every connection: a ``Death`` signed now is left with the broker as the
 Will, the ``Birth`` is published retained, then the outbox is forwarded with a
 bounded window of QoS 1 publishes, each record deleted only after its PUBACK.
-A lost link returns the in-flight records to the outbox and reconnects with
-capped, jittered exponential backoff. Incoming messages (commands) are handed
-to a handler, a few per loop turn, from a bounded queue: the broker may send
-nothing larger than `MAX_PACKET_SIZE` (declared at CONNECT), and a flood
-beyond `INCOMING_QUEUE` waiting messages is dropped and counted.
+However a session ends, every record it left unacknowledged goes back to the
+outbox and is published again on the next connection (never left to the
+broker's session); the uplink reconnects with capped, jittered exponential
+backoff. Incoming messages (commands) are handed to a handler, a few per loop
+turn, from a bounded queue: the broker may send nothing larger than
+`MAX_PACKET_SIZE` (declared at CONNECT), and a flood beyond `INCOMING_QUEUE`
+waiting messages is dropped and counted.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from agent.clock import Clock, wall_ms
 from agent.config import UplinkConfig
-from agent.messages import MessageFactory, Topic, topic
+from agent.messages import MessageFactory, OutboxState, Topic, topic
 from agent.outbox import Outbox, Record
 
 log = logging.getLogger(__name__)
@@ -167,19 +169,22 @@ class Uplink:
         # aiomqtt warns beyond this many pending publishes; our window is deliberate.
         client.pending_calls_threshold = self._window
         _no_delay(client)
+        _guard_writes(client)
         return client
 
     async def run(self) -> None:
         backoff = self._config.reconnect_min
         while True:
+            client = self._client()
             try:
-                async with self._client() as client:
+                async with client:
                     self.connects += 1
                     backoff = self._config.reconnect_min
                     await self._session(client)
             except* aiomqtt.MqttError as group:
-                # The session's tasks raise inside a TaskGroup, hence the group.
-                exc = group.exceptions[0]
+                # The session's tasks raise inside (nested) TaskGroups, hence the group;
+                # log the error itself, not "unhandled errors in a TaskGroup".
+                exc = _first_leaf(group)
                 if self.state is LinkState.ONLINE:
                     log.warning(
                         "uplink lost (%s:%d): %s", self._config.host, self._config.port, exc
@@ -188,6 +193,11 @@ class Uplink:
                 else:
                     self._failed_attempts += 1
                     self._last_failure = str(exc)
+            finally:
+                # A session given up on a hung broker or a stalled link (a PUBACK or
+                # DISCONNECT timed out) leaves paho's socket open: close it now rather
+                # than when paho's keepalive notices, so sockets do not pile up.
+                _close_socket(client)
             self.state = LinkState.OFFLINE
             self.online.clear()
             delay = backoff * (1 + self._rng.uniform(-JITTER, JITTER))
@@ -220,6 +230,16 @@ class Uplink:
             await self._serve(client)
         finally:
             self._client_now = None
+            # Nothing in flight outlives its connection. Giving records back from
+            # their own publish tasks was not enough: a task cancelled before its
+            # first step (the session broke in the loop iteration it was created)
+            # never ran that code, and its record stayed "in flight" for ever,
+            # excluded from every later take() (issue 8). And we never rely on the
+            # broker's session to deliver what we still hold: whatever was not
+            # acknowledged on this connection is published again on the next one.
+            released = self._outbox.release_all()
+            if released:
+                log.info("%d unacknowledged records will be sent again", len(released))
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         for sub in self._subscriptions:
@@ -233,6 +253,11 @@ class Uplink:
             points=self._birth_points,
             mode=extra.get("mode"),
             reboot=extra.get("reboot"),
+            outbox=OutboxState(
+                depth=self._outbox.depth,
+                inflight=self._outbox.inflight,
+                oldest_ms=self._outbox.oldest_ms(),
+            ),
         )
         await client.publish(topic(self.gw, Topic.STATE), birth, qos=1, retain=True)
         self.published += 1
@@ -283,11 +308,10 @@ class Uplink:
 
         async def publish(record: Record) -> None:
             nonlocal inflight
+            # A failed publish ends the session, which gives the record back
+            # (_session): one place, which also covers tasks that never started.
             try:
                 await client.publish(record.topic, record.payload, qos=1)
-            except BaseException:
-                self._outbox.release([record.seq])
-                raise
             finally:
                 inflight -= 1
                 freed.set()
@@ -349,6 +373,54 @@ def _counting_queue(
             super().put_nowait(item)
 
     return CountingQueue
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _close_socket(client: aiomqtt.Client) -> None:
+    """Close paho's socket if a failed session left it open (it also stops paho's timer task)."""
+    paho = client._client
+    if paho.socket() is not None:
+        with contextlib.suppress(OSError):
+            paho._sock_close()
+    # aiomqtt leaves the disconnection error unretrieved when the session failed
+    # first ("Future exception was never retrieved" at exit); we logged the loss.
+    disconnected = client._disconnected
+    if disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
+
+
+def _guard_writes(client: aiomqtt.Client) -> None:
+    """Watch the socket for writability only while it is still this client's.
+
+    aiomqtt schedules ``add_writer(sock.fileno(), ...)`` for the next loop
+    iteration; when the link is reset meanwhile, paho has closed the socket by
+    then, and asyncio logged "Bad file descriptor" with a traceback on every
+    link cut (or, had the number been reused, watched another file).
+    """
+    paho = client._client
+    loop = client._loop
+
+    def register(mqttc: Any, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                mqttc.loop_write()
+            except Exception as exc:  # as aiomqtt: a broken connection ends the session
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        def watch() -> None:
+            current = paho.socket()
+            if current is not None and current is sock and current.fileno() >= 0:
+                loop.add_writer(current.fileno(), write)
+
+        loop.call_soon_threadsafe(watch)
+
+    paho.on_socket_register_write = register
 
 
 def _no_delay(client: aiomqtt.Client) -> None:

@@ -197,9 +197,16 @@ class Mosquitto:
         if proc is not None:
             await _terminate(proc)
 
-    async def restart(self) -> None:
-        """Stop the broker and start it again on the same port."""
+    async def restart(self, *, keep_persistence: bool = True) -> None:
+        """Stop the broker and start it again on the same port.
+
+        ``keep_persistence=False`` deletes the persistence file in between: a broker
+        replaced by a fresh one, which has none of the clients' sessions.
+        """
         await self.stop()
+        if not keep_persistence and self._data_dir is not None:
+            for stored in self._data_dir.glob("mosquitto.db*"):
+                stored.unlink()
         # Same port from now on: clients and proxies point at it.
         self._fixed_port = True
         await self.start()

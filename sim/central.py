@@ -462,6 +462,15 @@ def _check_birth(body: dict[str, Any]) -> None:
         _choice(body["reboot"], "Birth.reboot", REBOOT_CAUSES)
     if "mode" in body:
         _choice(body["mode"], "Birth.mode", MODES)
+    if "outbox" in body:
+        outbox = _map(body["outbox"], "Birth.outbox", ("depth", "inflight", "oldest"))
+        depth = _uint(outbox["depth"], "Birth.outbox.depth")
+        if _uint(outbox["inflight"], "Birth.outbox.inflight") > depth:
+            _fail("Birth.outbox.inflight", f"{outbox['inflight']} in flight out of {depth}")
+        if outbox["oldest"] is not None:
+            _uint(outbox["oldest"], "Birth.outbox.oldest")
+        elif depth:
+            _fail("Birth.outbox.oldest", f"null with {depth} records stored")
 
 
 def _check_death(body: dict[str, Any]) -> None:
@@ -473,7 +482,11 @@ _BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, A
     "Telemetry": (("t0", "r"), ("lost",), _check_telemetry),
     "Event": (("t", "kind", "code", "sev", "state"), ("src", "msg", "data"), _check_event),
     "Ack": (("t", "cmd", "status"), ("reason", "msg", "value"), _check_ack),
-    "Birth": (("t", "online", "agent", "config", "points"), ("reboot", "mode"), _check_birth),
+    "Birth": (
+        ("t", "online", "agent", "config", "points"),
+        ("reboot", "mode", "outbox"),
+        _check_birth,
+    ),
     "Death": (("t", "online"), (), _check_death),
 }
 

@@ -12,11 +12,18 @@ tests then break the link the two ways a radio link breaks:
   either direction. Bytes written meanwhile are held (up to a bound, after
   which the proxy stops reading, like a full TCP window). Only the client's
   own keep-alive timer can detect this.
+- :meth:`LinkProxy.withhold_pubacks` — everything is forwarded except the
+  broker's PUBACK packets, which are dropped (and counted): the broker has
+  the messages but the client never learns it, the case of a broker or a
+  middlebox that loses acknowledgements. The proxy frames the broker → client
+  byte stream into MQTT control packets for this (the fixed header: type and
+  remaining length), and knows nothing else of MQTT nor of the agent.
 - :meth:`LinkProxy.restore` — service resumes for new connections. Every
-  connection that lived through a stall is reset and its held bytes are
-  discarded: a real stall ends with the TCP connection dying (retransmissions
-  exhausted, or the carrier's NAT forgot the flow), never with a burst of
-  stale bytes, and the client must reconnect and resend what was not acked.
+  connection that lived through a stall or withheld PUBACKs is reset and its
+  held bytes are discarded: a real stall ends with the TCP connection dying
+  (retransmissions exhausted, or the carrier's NAT forgot the flow), never with
+  a burst of stale bytes, and the client must reconnect and resend what was
+  not acked.
 
 Reset means RST (``SO_LINGER`` 0), so the client's socket errors at once.
 """
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-__all__ = ["LinkProxy", "LinkState", "LinkStatistics"]
+__all__ = ["LinkProxy", "LinkState", "LinkStatistics", "MqttFramer"]
 
 _log = logging.getLogger("armoire.sim.proxy")
 
@@ -58,6 +65,7 @@ class LinkState(enum.StrEnum):
     UP = "up"
     CUT = "cut"
     STALLED = "stalled"
+    NO_PUBACK = "no-puback"  # forwarding, minus the broker's PUBACKs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +80,73 @@ class LinkStatistics:
     bytes_up: int  # client → broker, forwarded
     bytes_down: int  # broker → client, forwarded
     bytes_discarded: int  # held during a stall, then dropped
+    pubacks_withheld: int  # PUBACK packets from the broker dropped
+
+
+# MQTT control packet type of PUBACK (MQTT 5 §2.1.2).
+PUBACK = 4
+# Longest "Remaining Length" variable byte integer (MQTT 5 §1.5.5).
+_MAX_LENGTH_BYTES = 4
+
+
+class MqttFramer:
+    """Follows MQTT control packet boundaries in a byte stream (fixed header only).
+
+    ``feed`` returns the bytes to pass on: all of them, except whole packets of
+    the type given as ``drop``. Nothing is held but a packet's fixed header
+    (at most 5 bytes) while it is incomplete and packets are being dropped, so
+    bytes flow as they arrive; work is linear in the bytes fed. A stream that
+    is not MQTT framing is passed through unchanged from then on.
+    """
+
+    def __init__(self) -> None:
+        self._header = bytearray()  # the fixed header being read, at a packet boundary
+        self._header_sent = 0  # of which already passed on (read while not dropping)
+        self._left = 0  # bytes of the current packet still to come
+        self._dropping = False  # the current packet is being dropped
+        self.broken = False  # not MQTT framing: pass everything
+        self.dropped = 0  # packets dropped
+
+    def feed(self, data: bytes, *, drop: int | None = None) -> bytes:
+        if self.broken:
+            return data
+        out = bytearray()
+        i = 0
+        while i < len(data):
+            if self._left:
+                take = min(self._left, len(data) - i)
+                if not self._dropping:
+                    out += data[i : i + take]
+                self._left -= take
+                i += take
+                continue
+            self._header.append(data[i])
+            i += 1
+            if drop is None:
+                # Not dropping: pass header bytes at once, just keep counting.
+                out.append(self._header[-1])
+                self._header_sent = len(self._header)
+            if len(self._header) < 2 or self._header[-1] & 0x80:
+                if len(self._header) > 1 + _MAX_LENGTH_BYTES:
+                    self.broken = True
+                    out += self._header[self._header_sent :] + data[i:]
+                    return bytes(out)
+                continue
+            length = 0
+            for n, byte in enumerate(self._header[1:]):
+                length |= (byte & 0x7F) << (7 * n)
+            # A packet whose first bytes already went out must go out whole.
+            self._dropping = (
+                drop is not None and not self._header_sent and self._header[0] >> 4 == drop
+            )
+            if self._dropping:
+                self.dropped += 1
+            else:
+                out += self._header[self._header_sent :]
+            self._left = length
+            self._header.clear()
+            self._header_sent = 0
+        return bytes(out)
 
 
 class _Pipe:
@@ -83,8 +158,11 @@ class _Pipe:
         self.upstream_writer: asyncio.StreamWriter | None = None
         # Set once this connection has seen a stall: it never forwards again.
         self.stalled = False
+        # Set once this connection has had PUBACKs withheld: reset on restore.
+        self.withholding = False
         self.held = 0
         self.closed = asyncio.Event()
+        self.down = MqttFramer()  # broker → client packets
 
     def reset(self) -> None:
         """Drop both sides with a TCP reset."""
@@ -121,6 +199,7 @@ class LinkProxy:
         self._bytes_up = 0
         self._bytes_down = 0
         self._bytes_discarded = 0
+        self._pubacks_withheld = 0
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(
@@ -177,6 +256,7 @@ class LinkProxy:
             bytes_up=self._bytes_up,
             bytes_down=self._bytes_down,
             bytes_discarded=self._bytes_discarded,
+            pubacks_withheld=self._pubacks_withheld,
         )
 
     # -- modes ---------------------------------------------------------------
@@ -194,11 +274,18 @@ class LinkProxy:
         for pipe in self._pipes:
             pipe.stalled = True
 
+    async def withhold_pubacks(self) -> None:
+        """Forward everything but the broker's PUBACKs, until :meth:`restore` or :meth:`cut`."""
+        _log.info("link withholding PUBACKs")
+        self._state = LinkState.NO_PUBACK
+        for pipe in self._pipes:
+            pipe.withholding = True
+
     async def restore(self) -> None:
-        """Forward again; connections that lived through a stall are reset."""
+        """Forward again; connections that lived through a stall or withheld PUBACKs are reset."""
         _log.info("link restored")
         self._state = LinkState.UP
-        await self._drop([pipe for pipe in self._pipes if pipe.stalled])
+        await self._drop([pipe for pipe in self._pipes if pipe.stalled or pipe.withholding])
 
     # -- internals -----------------------------------------------------------
 
@@ -274,6 +361,8 @@ class LinkProxy:
                     return
                 case LinkState.STALLED:
                     pipe.stalled = True
+                case LinkState.NO_PUBACK:
+                    pipe.withholding = True
                 case LinkState.UP:
                     pass
             try:
@@ -309,6 +398,13 @@ class LinkProxy:
             if pipe.stalled or writer is None:
                 pipe.held += len(data)
                 continue
+            if not up:
+                # Always framed, so that withholding can start at any instant.
+                dropped = pipe.down.dropped
+                data = pipe.down.feed(data, drop=PUBACK if pipe.withholding else None)
+                self._pubacks_withheld += pipe.down.dropped - dropped
+                if not data:
+                    continue
             writer.write(data)
             await writer.drain()
             if up:

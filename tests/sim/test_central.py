@@ -317,6 +317,17 @@ def test_ledger__accepts_unauthenticated_summaries_and_ack_detail() -> None:
     assert book.receive(topic("ack"), sign(refusal)) is Outcome.ACCEPTED
 
 
+def test_ledger__birth_outbox_state_kept() -> None:
+    """The control room would not see what a connecting gateway still holds, nor its age."""
+    book = ledger()
+    held = {"depth": 3, "inflight": 0, "oldest": T0 - 60_000}
+    assert book.receive(topic("state"), sign(birth(outbox=held))) is Outcome.ACCEPTED
+    assert book.state[GW]["outbox"] == held
+    empty = {"depth": 0, "inflight": 0, "oldest": None}
+    assert book.receive(topic("state"), sign(birth(t=T0 + 1, outbox=empty))) is Outcome.ACCEPTED
+    assert book.state[GW]["outbox"] == empty
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "reason"),
     [
@@ -363,6 +374,26 @@ def test_ledger__accepts_unauthenticated_summaries_and_ack_detail() -> None:
             "schema: Birth.points['p']: missing key 'w'",
         ),
         ("state", birth(online=1), "schema: State.online: expected true (Birth) or false"),
+        (
+            "state",
+            birth(outbox={"depth": 1, "inflight": 0}),
+            "schema: Birth.outbox: missing key 'oldest'",
+        ),
+        (
+            "state",
+            birth(outbox={"depth": 1, "inflight": 2, "oldest": T0}),
+            "schema: Birth.outbox.inflight: 2 in flight out of 1",
+        ),
+        (
+            "state",
+            birth(outbox={"depth": 1, "inflight": 0, "oldest": None}),
+            "schema: Birth.outbox.oldest: null with 1 records stored",
+        ),
+        (
+            "state",
+            birth(outbox={"depth": 0, "inflight": 0, "oldest": -1}),
+            "schema: Birth.outbox.oldest: expected uint",
+        ),
         ("state", death(agent="x"), "schema: Death: unexpected key 'agent'"),
         ("tele", telemetry(1, clk=3), "schema: Telemetry.clk: clock quality 3 not in 0..2"),
         ("state", birth(mode="offline"), "schema: Birth.mode: 'offline' not one of normal"),

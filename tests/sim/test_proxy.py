@@ -8,9 +8,11 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sim.broker import Mosquitto
-from sim.proxy import LinkProxy, LinkState
+from sim.proxy import PUBACK, LinkProxy, LinkState, MqttFramer
 from tests.conftest import free_port
 
 # Bounded waits: long enough for loopback, short enough to keep the suite fast.
@@ -226,3 +228,79 @@ async def test_proxy__mqtt_client_sees_cut_and_reconnects(broker: Mosquitto) -> 
         async with aiomqtt.Client("127.0.0.1", proxy.port, protocol=V5) as client:
             await client.publish("probe/2", b"back", qos=1)
         assert proxy.statistics().connections == 3
+
+
+@pytest.mark.integration
+async def test_proxy__withheld_pubacks_leave_the_publish_unacknowledged_until_restore(
+    broker: Mosquitto,
+) -> None:
+    """While PUBACKs are withheld the broker gets the message but the client never hears
+    so, and restore resets the connection (else lost acknowledgements go untested)."""
+    async with (
+        LinkProxy("127.0.0.1", broker.port) as proxy,
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=V5) as watcher,
+    ):
+        await watcher.subscribe("probe/#", qos=1)
+        async with aiomqtt.Client("127.0.0.1", proxy.port, protocol=V5, timeout=60) as client:
+            await client.publish("probe/1", b"acked", qos=1)
+            await proxy.withhold_pubacks()
+            assert proxy.state is LinkState.NO_PUBACK
+            publish = asyncio.create_task(client.publish("probe/2", b"unacked", qos=1))
+            async with asyncio.timeout(IO_TIMEOUT_S):
+                received = [(await anext(aiter(watcher.messages))).payload for _ in range(2)]
+            assert received == [b"acked", b"unacked"]
+            async with asyncio.timeout(IO_TIMEOUT_S):
+                while proxy.statistics().pubacks_withheld < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            # Other broker → client packets still flow: a SUBACK comes back.
+            await client.subscribe("other/#", qos=1)
+            assert not publish.done()
+            await proxy.restore()
+            # The connection is reset: the client notices, the publish never completes.
+            assert proxy.statistics().open == 0
+            with pytest.raises(aiomqtt.MqttError):
+                async with asyncio.timeout(IO_TIMEOUT_S):
+                    await anext(aiter(client.messages))
+            assert not publish.done()
+            publish.cancel()
+        assert proxy.statistics().pubacks_withheld == 1
+
+
+@st.composite
+def _mqtt_packets(draw: st.DrawFn) -> list[bytes]:
+    """Control packets with a valid fixed header; bodies up to 2 length bytes long."""
+    packets = []
+    for _ in range(draw(st.integers(0, 12))):
+        first = draw(st.integers(0x10, 0xFF))
+        body = draw(st.binary(max_size=300))
+        length, header = len(body), bytearray([first])
+        while True:
+            byte, length = length & 0x7F, length >> 7
+            header.append(byte | (0x80 if length else 0))
+            if not length:
+                break
+        packets.append(bytes(header) + body)
+    return packets
+
+
+@given(packets=_mqtt_packets(), data=st.data())
+def test_framer__drops_exactly_the_packets_of_one_type(
+    packets: list[bytes], data: st.DataObject
+) -> None:
+    """The proxy would drop other packets than PUBACKs, or corrupt the stream around them."""
+    stream = b"".join(packets)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    framer = MqttFramer()
+    out = b"".join(framer.feed(chunk, drop=PUBACK) for chunk in chunks)
+    kept = [p for p in packets if p[0] >> 4 != PUBACK]
+    assert out == b"".join(kept)
+    assert framer.dropped == len(packets) - len(kept)
+    passing = MqttFramer()
+    assert b"".join(passing.feed(chunk) for chunk in chunks) == stream
+
+
+@given(data=st.binary(max_size=200))
+def test_framer__passes_any_stream_when_not_dropping(data: bytes) -> None:
+    """A byte stream that is not MQTT would be altered by the proxy."""
+    assert MqttFramer().feed(data) == data

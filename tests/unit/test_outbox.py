@@ -444,3 +444,37 @@ def test_outbox__unwritable_folder_is_reported_not_moved_aside(tmp_path: Path) -
     box = Outbox.open(data, clock)
     assert box.recovery is None
     assert _forward_all(box) == seqs
+
+
+def test_outbox__release_all_gives_back_every_record_in_flight(tmp_path: Path) -> None:
+    """After a lost connection, records taken for it would never be forwarded again."""
+    box = Outbox.open(tmp_path, FakeClock())
+    seqs = box.append_many([_item() for _ in range(4)])
+    taken = box.take(3)
+    box.done(taken[0])
+    assert box.inflight == 2
+    assert box.release_all() == [r.seq for r in taken[1:]]
+    assert box.inflight == 0
+    assert [r.seq for r in box.take(10)] == seqs[1:]
+
+
+def test_outbox__reports_in_flight_count_and_oldest_record_time(tmp_path: Path) -> None:
+    """A record stranded in flight would be invisible on site and in the control room."""
+    clock = FakeClock()
+    box = Outbox.open(tmp_path, clock)
+    assert box.oldest_ms() is None
+    first_ms = int(clock.wall() * 1000)
+    box.append(_item())
+    clock.set_wall(clock.wall() + 7.5)
+    box.append(_item())
+    box.take(1)
+    assert box.oldest_ms() == first_ms
+    stats = box.statistics()
+    assert stats["inflight"] == 1
+    assert stats["oldest_ms"] == first_ms
+    assert stats["oldest_age_s"] == 7.5
+    box.release_all()
+    for record in box.take(10):
+        box.done(record)
+    assert box.oldest_ms() is None
+    assert box.statistics()["inflight"] == 0
