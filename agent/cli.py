@@ -396,7 +396,7 @@ def _keys(args: argparse.Namespace) -> int:
     )
 
     if args.keys_command == "init" and args.central:
-        from sim.commander import init_central_keys
+        from central.commander import init_central_keys
 
         try:
             summary = init_central_keys(args.data)
@@ -462,7 +462,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _central(args: argparse.Namespace) -> int:
-    from sim.commander import send_cli
+    from central.commander import send_cli
 
     if args.op == "write" and args.value is None:
         print("armoire: write needs a value: write POINT VALUE", file=sys.stderr)

@@ -26,10 +26,7 @@ from urllib.parse import urlsplit
 
 from agent.board import BOARDS_DIR
 from agent.clock import SystemClock
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
-from sim.commander import (
+from central.commander import (
     Commander,
     init_central_keys,
     install_trust,
@@ -39,6 +36,9 @@ from sim.commander import (
     parse_value,
     write_central_config,
 )
+from central.post import CentralPost, load_public_pem
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.proxy import LinkProxy, LinkState
 from sim.view import View, agent_status, schedule_line

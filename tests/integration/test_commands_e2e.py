@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sim.central import CentralPost
-from sim.commander import load_key, make_command, sign
+from central.commander import load_key, make_command, sign
+from central.post import CentralPost
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration

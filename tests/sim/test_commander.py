@@ -31,9 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock, wall_ms
-from sim.broker import Mosquitto
-from sim.central import CentralPost, GatewayKey, LocalProtocolError, open_sign1
-from sim.commander import (
+from central.commander import (
     CENTRAL_CONFIG,
     Commander,
     init_central_keys,
@@ -47,6 +45,8 @@ from sim.commander import (
     sign_trust_update,
     write_central_config,
 )
+from central.post import CentralPost, GatewayKey, LocalProtocolError, open_sign1
+from sim.broker import Mosquitto
 
 GW = "gw-1"
 NOW_MS = 1_700_000_000_000

@@ -1,6 +1,6 @@
 """The central post's command side: central keys, trust material, signed commands.
 
-Like :mod:`sim.central`, this is written from PROTOCOL.md alone and shares no
+Like :mod:`central.post`, this is written from PROTOCOL.md alone and shares no
 code with the agent (only ``agent.clock``): the COSE_Sign1 signer and the
 ``Command`` / ``TrustUpdate`` builders below are a second, independent reading
 of the wire contract, so a gateway is tested against a peer that does not
@@ -14,7 +14,7 @@ Three layers:
   material a gateway installs (:func:`install_trust`); :func:`write_central_config`
   tells the command-line tool where the broker and the gateways' keys are.
 - MQTT: :class:`Commander` publishes signed commands and waits for the Ack,
-  which the :class:`~sim.central.CentralPost` receives and verifies;
+  which the :class:`~central.post.CentralPost` receives and verifies;
   :func:`send_cli` is ``armoire central send``.
 """
 
@@ -51,7 +51,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.clock import Clock, SystemClock, wall_ms
-from sim.central import GATEWAY_ID, TOPIC_ROOT, CentralPost, LocalProtocolError, load_public_pem
+from central.post import GATEWAY_ID, TOPIC_ROOT, CentralPost, LocalProtocolError, load_public_pem
 
 __all__ = [
     "CENTRAL_CONFIG",
@@ -318,7 +318,7 @@ def make_command(
     random bytes unless ``cmd_id`` is given. ``write`` needs ``point`` and
     takes ``value`` (``None`` is sent as CBOR null); ``relinquish`` needs
     ``point``; ``action`` needs ``name``. A misuse raises
-    :class:`~sim.central.LocalProtocolError`; to send a body that breaks the
+    :class:`~central.post.LocalProtocolError`; to send a body that breaks the
     CDDL on purpose, build the dict by hand and :func:`sign` it.
     """
     if not GATEWAY_ID.fullmatch(gw):
