@@ -89,7 +89,7 @@ def ensure_keys(data: Path) -> None:
 
 def ensure_central(data: Path, broker_url: str) -> Path:
     """The central post's keys in DATA/central (created once), its trust store installed
-    on the simulated gateway, and DATA/central/central.toml for `armoire central send`."""
+    on the simulated gateway, and DATA/central/central.toml for `armoire-central send`."""
     central_dir = data / "central"
     if not (central_dir / "root.key").exists():
         init_central_keys(central_dir)

@@ -44,7 +44,7 @@ async def _online(site: Site) -> None:
 
 async def _cli(site: Site, *args: str) -> tuple[int, dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "central", "send", "--data", str(site.central_dir),
+        sys.executable, "-m", "central", "send", "--data", str(site.central_dir),
         "--gw", site.gw, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

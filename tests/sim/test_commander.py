@@ -479,7 +479,7 @@ def gateway_pub(tmp_path: Path, gateway: FakeGateway) -> Path:
 async def test_send_cli__write_done_prints_the_ack(
     broker: Mosquitto, central_dir: Path, tmp_path: Path
 ) -> None:
-    """`armoire central send ... write lamp-03/level 40` must reach the gateway typed, say done."""
+    """`armoire-central send ... write lamp-03/level 40` must reach the gateway typed, say done."""
     operator = load_key(central_dir / "operator.key")
     gateway = FakeGateway(gw=GW, commander=raw(operator))
     write_central_config(
