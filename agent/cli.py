@@ -134,6 +134,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for tools instead")
 
+    console = _sub(
+        sub,
+        "console",
+        "attach to the running agent's technician console (on the gateway itself)",
+        description="Connect this terminal to the agent's console socket ($ARMOIRE_CONSOLE_SOCKET, "
+        "else DATA/console.sock): the same commands as on the serial console port. "
+        "Ctrl-D on an empty line leaves.",
+    )
+    cwhere = console.add_mutually_exclusive_group()
+    cwhere.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help=f"the agent's data directory (default {DEFAULT_DATA})",
+    )
+    cwhere.add_argument(
+        "--config", type=Path, metavar="FILE", help="take the data directory from this agent.toml"
+    )
+    cwhere.add_argument("--socket", type=Path, metavar="PATH", help="the console socket itself")
+
     keys = _sub(sub, "keys", "manage the gateway's signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kinit = _sub(ksub, "init", "create the gateway's Ed25519 key pair in DIR")
@@ -185,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         case "keys":
             return _keys(args)
+        case "console":
+            return _console(args)
         case "sim":
             return _sim(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
@@ -240,6 +262,31 @@ def _status(args: argparse.Namespace) -> int:
         print(f"armoire: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(status) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def _console(args: argparse.Namespace) -> int:
+    from agent.console_client import attach
+    from agent.console_server import socket_path
+
+    path = args.socket
+    if path is None:
+        data = args.data
+        if args.config is not None:
+            config = _load(args.config)
+            if config is None:
+                return EXIT_USAGE
+            data = config.storage.data_dir
+        path = socket_path(data or DEFAULT_DATA)
+    try:
+        attach(path)
+    except OSError as exc:
+        print(
+            f"armoire: cannot attach to the console at {path}: {exc.strerror or exc} "
+            "(is the agent running, and are you its user or root?)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
