@@ -266,8 +266,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
+    import os
+
     from agent.console_client import attach
-    from agent.console_server import socket_path
+    from agent.console_server import SOCKET_ENV, SYSTEMD_SOCKET, socket_path
 
     path = args.socket
     if path is None:
@@ -278,6 +280,8 @@ def _console(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             data = config.storage.data_dir
         path = socket_path(data or DEFAULT_DATA)
+        if SOCKET_ENV not in os.environ and not path.exists() and SYSTEMD_SOCKET.exists():
+            path = SYSTEMD_SOCKET  # where deploy/armoire.service has the agent put it
     try:
         attach(path)
     except OSError as exc:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOCKET_FILE: Final = "console.sock"  # in the data directory unless configured
-SOCKET_ENV: Final = "ARMOIRE_CONSOLE_SOCKET"  # deploy/armoire.service: /run/armoire/...
+SOCKET_ENV: Final = "ARMOIRE_CONSOLE_SOCKET"
+SYSTEMD_SOCKET: Final = Path("/run/armoire/console.sock")  # what deploy/armoire.service sets
 READ_SIZE: Final = 256
 REOPEN_S: Final = 5.0
 SWEEP_S: Final = 5.0  # how often idle and expired sessions are ended

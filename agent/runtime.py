@@ -630,7 +630,7 @@ class Agent:
             clean = True
         finally:
             # A deliberate stop disarms the watchdog; anything else leaves it to reset us.
-            self.watchdog.close(clean=clean)
+            self.watchdog.close(clean=clean, restarting=self.restart_requested)
             self.clock_trust.close()
             self.write_status()
             for transport in self.transports.values():
