@@ -42,8 +42,13 @@ def socket_path(data_dir: Path) -> Path:
     return Path(configured) if configured else data_dir / SOCKET_FILE
 
 
+# Plain ASCII for a dumb terminal: the few typographic characters the status text uses.
+_ASCII: Final = str.maketrans({"—": "-", "–": "-", "…": "...", "°": " deg", "×": "x"})
+
+
 def _crlf(text: str) -> bytes:
-    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("ascii", "replace")
+    text = text.translate(_ASCII).replace("\r\n", "\n").replace("\n", "\r\n")
+    return text.encode("ascii", "replace")
 
 
 class ConsoleServer:

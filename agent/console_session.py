@@ -214,7 +214,7 @@ class Session:
             f"clock: {clock.get('quality', clock.get('state', '?'))} "
             f"({json.dumps(clock, default=str)[:120]})",
             f"reboot cause: {fs.get('reboot') or 'unknown'}",
-            f"outbox oldest record: {_ago(outbox.get('oldest_age_s'))}",
+            f"outbox oldest record: {_ago(outbox.get('oldest_age_s'), none='none queued')}",
             f"session: {self._session_line()}",
         ]
         return format_status(status) + "\n" + "\n".join(extra)
@@ -271,7 +271,7 @@ class Session:
             return "no lighting program"
         return "\n".join(
             f"{name:<14} level {st['level']:>3} %  on {st['on'][11:16]}  off {st['off'][11:16]}"
-            f"  next {(st['next'] or '—')[11:16]}  photocell {st['photocell']}"
+            f"  next {(st['next'] or '-')[11:16]}  photocell {st['photocell']}"
             for name, st in lighting.items()
         )
 
@@ -550,13 +550,13 @@ def _value(text: str) -> Value:
     return number if math.isfinite(number) else text
 
 
-def _ago(seconds: object) -> str:
+def _ago(seconds: object, none: str = "-") -> str:
     if not isinstance(seconds, int | float):
-        return "—"
+        return none
     return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
 def _when(t_ms: int | None) -> str:
     if t_ms is None:
-        return "—"
+        return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t_ms / 1000)) + "Z"
