@@ -98,16 +98,23 @@ class ConsoleServer:
         while True:
             await self.agent.clock.sleep(SWEEP_S)
             for session in list(self.state.sessions):
-                _ = session.token  # ends an expired or idle session
+                why = session.check_end()
+                if why is not None and session.on_end is not None:
+                    session.on_end(why)
 
     async def _serve_socket(self) -> None:
         path = self._socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             path.unlink()  # a stale socket of an earlier run (the instance lock is ours)
         old = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(self._socket_client, path=str(path))
+        except OSError as exc:
+            # The serial console runs on; `armoire console` says it cannot attach.
+            log.error("console socket %s unavailable: %s", path, exc)
+            return
         finally:
             os.umask(old)
         log.info("console on %s", path)
@@ -162,7 +169,15 @@ class ConsoleServer:
     ) -> None:
         """One terminal: banner, prompt, then lines until EOF (or exit on the socket)."""
         editor = LineEditor()
-        session = Session(self.state, where=where, restart=self._restart)
+
+        def new_session() -> Session:
+            session = Session(self.state, where=where, restart=self._restart)
+            session.on_end = lambda why: writer.write(
+                _crlf(f"\n% session ended: {why}\n{session.prompt()}")
+            )
+            return session
+
+        session = new_session()
         writer.write(_crlf(f"\n{self.banner()}\n{session.prompt()}"))
         try:
             while True:
@@ -184,13 +199,13 @@ class ConsoleServer:
                         if hang_up_on_eof:
                             writer.write(bytes(out) + b"bye\r\n")
                             return
-                        session = Session(self.state, where=where, restart=self._restart)
+                        session = new_session()
                         out += _crlf(f"logged out\n{self.banner()}\n")
                     if session.closed:
                         if hang_up_on_eof:
                             writer.write(bytes(out))
                             return
-                        session = Session(self.state, where=where, restart=self._restart)
+                        session = new_session()
                         out += _crlf(f"{self.banner()}\n")
                     out += session.prompt().encode()
                 writer.write(bytes(out))

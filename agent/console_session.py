@@ -100,6 +100,7 @@ class ConsoleState:
         self.agent = agent
         self.failures = 0
         self.locked_until = 0.0  # monotonic
+        self.refused_while_locked = 0  # logins tried during the current lockout
         self.sessions: set[Session] = set()
         self.ring = LogRing()
 
@@ -128,21 +129,29 @@ class Session:
         self._open: _Open | None = None
         self._restart = restart
         self.closed = False
+        # Tells the terminal a session ended by itself (set by the transport).
+        self.on_end: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ session
 
     @property
     def token(self) -> Token | None:
         """The open session's token, after checking its end (exp, idle)."""
+        self.check_end()
+        return None if self._open is None else self._open.token
+
+    def check_end(self) -> str | None:
+        """End the session if its token expired or it was idle too long; why, or None."""
         if self._open is None:
             return None
-        now_ms = self.agent.time_floor.now_ms()
-        mono = self.agent.clock.monotonic()
-        if now_ms > self._open.token.exp:
-            self._end("token expired")
-        elif mono - self._open.last_input > IDLE_TIMEOUT_S:
-            self._end("idle")
-        return None if self._open is None else self._open.token
+        why = None
+        if self.agent.time_floor.now_ms() > self._open.token.exp:
+            why = "token expired"
+        elif self.agent.clock.monotonic() - self._open.last_input > IDLE_TIMEOUT_S:
+            why = f"idle for {IDLE_TIMEOUT_S / 60:.0f} min"
+        if why is not None:
+            self._end(why)
+        return why
 
     def prompt(self) -> str:
         return PROMPT_OPEN if self.token is not None else PROMPT
@@ -211,8 +220,7 @@ class Session:
         outbox = status.get("outbox", {})
         clock = fs.get("clock", {})
         extra = [
-            f"clock: {clock.get('quality', clock.get('state', '?'))} "
-            f"({json.dumps(clock, default=str)[:120]})",
+            f"clock: {clock.get('quality', '?')} ({clock.get('reason', '?')})",
             f"reboot cause: {fs.get('reboot') or 'unknown'}",
             f"outbox oldest record: {_ago(outbox.get('oldest_age_s'), none='none queued')}",
             f"session: {self._session_line()}",
@@ -304,13 +312,22 @@ class Session:
         mono = agent.clock.monotonic()
         if mono < state.locked_until:
             left = math.ceil(state.locked_until - mono)
-            self._audit(
-                "console.login_failed",
-                "console login refused: locked out",
-                {"reason": "locked-out", "left_s": left},
-                warning=True,
-            )
+            # One record per lockout: a login flood on the port must not flood the outbox.
+            state.refused_while_locked += 1
+            if state.refused_while_locked == 1:
+                self._audit(
+                    "console.login_failed",
+                    "console login refused: locked out",
+                    {"reason": "locked-out", "left_s": left},
+                    warning=True,
+                )
             return f"% locked out after {MAX_FAILURES} failed logins: try again in {left} s"
+        if state.refused_while_locked > 1:
+            log.warning(
+                "console: %d more logins refused during the lockout",
+                state.refused_while_locked - 1,
+            )
+        state.refused_while_locked = 0
         verifier = self._verifier()
         if verifier is None:
             return "% no usable trust store: logins are impossible (see log)"

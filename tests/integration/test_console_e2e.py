@@ -190,6 +190,13 @@ async def test_console__override_lapses_and_every_action_is_audited(
     assert "session closed" in await term.run("logout")
     assert re.search(r"console/session\s+false", await term.run("points console/*"))
 
+    # A session ends by itself at the token's exp.
+    assert "session open" in await term.run(f"login {_token(site, ttl_s=2)}")
+    await term.expect("session ended: token expired")
+    await term.expect(PROMPT)
+    assert re.search(r"console/session\s+false", await term.run("points console/*"))
+    assert "needs a maintenance session" in await term.run("release lamp-03/level")
+
     overrides = await _audited(site, "console.override", 4)
     assert all(e["data"]["sub"] == "tech-42" for e in overrides)
     assert [e["data"].get("point") or e["data"]["action"] for e in overrides] == [
