@@ -5,7 +5,7 @@ systemd, or SIGINT / Ctrl-C from a technician: both log the same ``stopped:``
 line); 1 runtime failure (another agent already running, a data directory
 that cannot be written, ``check`` found fatal problems, ``status`` found no
 status, a refused command); 2 bad usage or bad configuration (nothing was
-started); 3 ``central send`` got no Ack.
+started). The central post's tools are ``armoire-central`` (central/).
 
 Data (JSON, reports) goes to stdout; errors and logs go to stderr. Global
 options (``--log-level``) are accepted before or after the command.
@@ -22,6 +22,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent import __version__, logsetup
 from agent.logsetup import DEFAULT_LEVEL, LEVELS
@@ -133,17 +134,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for tools instead")
 
+    console = _sub(
+        sub,
+        "console",
+        "attach to the running agent's technician console (on the gateway itself)",
+        description="Connect this terminal to the agent's console socket ($ARMOIRE_CONSOLE_SOCKET, "
+        "else DATA/console.sock): the same commands as on the serial console port. "
+        "Ctrl-D on an empty line leaves.",
+    )
+    cwhere = console.add_mutually_exclusive_group()
+    cwhere.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help=f"the agent's data directory (default {DEFAULT_DATA})",
+    )
+    cwhere.add_argument(
+        "--config", type=Path, metavar="FILE", help="take the data directory from this agent.toml"
+    )
+    cwhere.add_argument("--socket", type=Path, metavar="PATH", help="the console socket itself")
+
     keys = _sub(sub, "keys", "manage the gateway's signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kinit = _sub(ksub, "init", "create the gateway's Ed25519 key pair in DIR")
     kinit.add_argument(
         "--data", required=True, type=Path, metavar="DIR", help="the gateway's data directory"
-    )
-    kinit.add_argument(
-        "--central",
-        action="store_true",
-        help="create the central post's root, operator and maintenance keys instead, "
-        "and the trust-store material to install on gateways",
     )
     kshow = _sub(ksub, "show", "print the gateway id, kid and public key as JSON")
     kshow.add_argument(
@@ -152,44 +167,6 @@ def _parser() -> argparse.ArgumentParser:
     kshow.add_argument(
         "--config", type=Path, metavar="FILE", help="configuration naming the gateway id"
     )
-
-    central = _sub(sub, "central", "act as the central post (reference tooling)")
-    csub = central.add_subparsers(dest="central_command", required=True, metavar="ACTION")
-    send = _sub(
-        csub,
-        "send",
-        "sign a command, publish it, wait for the Ack and print it as JSON",
-        description="examples: write lamp-03/level 40 · relinquish lamp-03/level · action selftest",
-    )
-    send.add_argument(
-        "--data",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="the central post's folder (keys, central.toml)",
-    )
-    send.add_argument("--gw", required=True, metavar="ID", help="target gateway id")
-    send.add_argument("--prio", type=int, metavar="1..16", help="priority level (default 10)")
-    send.add_argument("--hold", type=int, metavar="SECONDS", help="how long a write holds")
-    send.add_argument(
-        "--ttl",
-        type=float,
-        metavar="SECONDS",
-        help="how long the command stays valid and deliverable (default 60); the broker "
-        "drops it when this runs out",
-    )
-    send.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the Ack (default 10); the command may still be applied "
-        "later, until its TTL runs out",
-    )
-    send.add_argument("--key", default="operator", help="signing key in DIR (default operator)")
-    send.add_argument("op", choices=["write", "relinquish", "action"], help="what to do")
-    send.add_argument("target", help="POINT for write/relinquish, NAME for action")
-    send.add_argument("value", nargs="?", help="the value to write")
 
     sim = _sub(sub, "sim", "run a virtual cabinet, a broker, the agent and a central post")
     sim.add_argument("--broker", metavar="URL", help="use this broker instead of starting one")
@@ -228,10 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         case "keys":
             return _keys(args)
+        case "console":
+            return _console(args)
         case "sim":
             return _sim(args)
-        case "central":
-            return _central(args)
     return EXIT_USAGE  # pragma: no cover - argparse enforces the choices
 
 
@@ -288,22 +265,68 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _console(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.console_client import attach
+    from agent.console_server import SOCKET_ENV, SYSTEMD_SOCKET, socket_path
+
+    path = args.socket
+    if path is None:
+        data = args.data
+        if args.config is not None:
+            config = _load(args.config)
+            if config is None:
+                return EXIT_USAGE
+            data = config.storage.data_dir
+        path = socket_path(data or DEFAULT_DATA)
+        if SOCKET_ENV not in os.environ and not path.exists() and SYSTEMD_SOCKET.exists():
+            path = SYSTEMD_SOCKET  # where deploy/armoire.service has the agent put it
+    try:
+        attach(path)
+    except OSError as exc:
+        print(
+            f"armoire: cannot attach to the console at {path}: {exc.strerror or exc} "
+            "(is the agent running, and are you its user or root?)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _run(path: Path, log_level: str | None) -> int:
+    from agent import config_apply
     from agent.runtime import StartupError, run_agent
 
     config = _load(path)
     if config is None:
-        return EXIT_USAGE
+        pending = config_apply.staged(path)
+        if pending is None:
+            return EXIT_USAGE
+        # A configuration applied from the console does not load: back to the previous one.
+        config_apply.roll_back(path, pending, "the new configuration does not load")
+        _reexec()
     if log_level is None:  # the command line wins over the configuration
         logsetup.configure(config.log.level)
     try:
-        asyncio.run(run_agent(config))
+        if asyncio.run(run_agent(config)):
+            _reexec()
     except StartupError as exc:
         print(f"armoire: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _reexec() -> NoReturn:
+    """Start the agent afresh in this process (same PID, same arguments): a new configuration
+    takes effect, or a rolled-back one returns (agent/config_apply.py)."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])  # noqa: S606
 
 
 def _iso_date(text: str) -> dt.date:
@@ -395,16 +418,6 @@ def _keys(args: argparse.Namespace) -> int:
         key_summary,
     )
 
-    if args.keys_command == "init" and args.central:
-        from sim.commander import init_central_keys
-
-        try:
-            summary = init_central_keys(args.data)
-        except FileExistsError as exc:
-            print(f"armoire: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        print(json.dumps(summary))
-        return EXIT_OK
     if args.keys_command == "init":
         try:
             init_gateway_keys(args.data)
@@ -459,32 +472,3 @@ def _sim(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     return run_sim(options)
-
-
-def _central(args: argparse.Namespace) -> int:
-    from sim.commander import send_cli
-
-    if args.op == "write" and args.value is None:
-        print("armoire: write needs a value: write POINT VALUE", file=sys.stderr)
-        return EXIT_USAGE
-    status, result = asyncio.run(
-        send_cli(
-            args.data,
-            args.gw,
-            args.op,
-            args.target,
-            args.value,
-            prio=args.prio,
-            hold=args.hold,
-            timeout=args.timeout,
-            key_name=args.key,
-            ttl=args.ttl,
-        )
-    )
-    if "error" in result:
-        print(f"armoire: {result['error']}", file=sys.stderr)
-        if "cmd" in result:
-            print(f"armoire: command id {result['cmd']}", file=sys.stderr)
-        return status
-    print(json.dumps(result))
-    return status

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent import __version__
+from agent import __version__, config_apply
 from agent.arbiter import Arbiter, Priority
 from agent.autonomy import Autonomy
 from agent.clock import Clock, SystemClock, wall_ms
@@ -25,12 +25,13 @@ from agent.clock_trust import STATE_FILE as CLOCK_FILE
 from agent.clock_trust import ClockTrust
 from agent.commands import Command, CommandVerifier
 from agent.config import Config
+from agent.console_server import ConsoleServer, socket_path
 from agent.downlink import Downlink, Holds
 from agent.events import LINK_AUTONOMOUS, Events
 from agent.instance import AlreadyRunning, InstanceLock
 from agent.lighting import LightingRunner
 from agent.loop_lag import LoopLag
-from agent.messages import MessageFactory, Topic
+from agent.messages import MessageFactory, Severity, Topic
 from agent.outbox import Outbox, OutboxUnavailable
 from agent.points import Points, Value
 from agent.polling import DevicePoller
@@ -276,6 +277,91 @@ class Agent:
             interval=timeout / FEEDS_PER_TIMEOUT if timeout else 10.0,
         )
 
+        # The technician console (agent/console_server.py) and a configuration on probation.
+        self.restart_requested = False
+        self._stop: asyncio.Event | None = None
+        self._pending = config_apply.staged(config.source)
+        note = config_apply.take_rollback_note(config.source)
+        banner_note = ""
+        if note is not None:
+            banner_note = (
+                f"NOTE: the configuration applied by {note.get('sub', '?')} was ROLLED BACK: "
+                f"{note.get('reason')}"
+            )
+            self.outbox.append(
+                self.events.audit(
+                    code="config.rolled_back",
+                    severity=Severity.WARNING,
+                    msg=f"configuration rolled back: {note.get('reason')}",
+                    data={k: str(v) for k, v in note.items()},
+                )
+            )
+        board = config.board
+        self.console = ConsoleServer(
+            self,
+            serial=board.serial.get(board.console) if board.console else None,
+            socket=socket_path(data_dir),
+            restart=self.request_restart,
+            banner_note=banner_note,
+        )
+
+    def request_restart(self) -> None:
+        """Stop cleanly, then have the process re-execute itself (agent/cli.py)."""
+        self.restart_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    def console_actions(self) -> dict[str, Callable[[], Awaitable[Any]]]:
+        """The actions the console offers (the same as commands')."""
+
+        async def ping() -> Any:
+            return {"t": wall_ms(self.clock), "boot": self.outbox.boot}
+
+        async def selftest() -> Any:
+            return {
+                p.device.name: "ok" if await p.poll_once() else "no-answer" for p in self.pollers
+            }
+
+        return {"ping": ping, "selftest": selftest}
+
+    def _health_problem(self) -> str | None:
+        """Why the agent is not healthy yet (a device never answered or is silent), or None."""
+        silent = [
+            p.device.name
+            for p in self.pollers
+            if p.last_answer_ms is None or p.state.value == "comm_fail"
+        ]
+        if silent:
+            return f"devices not answering: {', '.join(silent)}"
+        return None
+
+    async def _probation(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        why = await config_apply.prove(self.clock, pending, self._health_problem)
+        source = self.config.source
+        if why is None:
+            config_apply.confirm(source)
+            self.outbox.append(
+                self.events.audit(
+                    code="config.applied",
+                    severity=Severity.NOTICE,
+                    msg=f"configuration applied by {pending.sub} and healthy",
+                    data={
+                        "sub": pending.sub,
+                        "console": pending.console,
+                        "digest": self.config.digest.hex(),
+                    },
+                )
+            )
+            self.console.banner_note = f"configuration applied by {pending.sub}: healthy"
+            return
+        config_apply.roll_back(
+            source, pending, f"not healthy within {pending.deadline_s:.0f} s: {why}"
+        )
+        self.request_restart()
+
     def _schedule_time(self) -> float | None:
         # The schedule runs on the last trusted time carried forward when the RTC is wrong.
         return self.clock_trust.now()
@@ -477,6 +563,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
+        self._stop = stop
         await self._open_lines()
         self.watchdog.open()
         status = self.watchdog.boot_status
@@ -517,6 +604,8 @@ class Agent:
                     run("clock", self.clock_trust.run),
                     run("autonomy", self.autonomy.run),
                     run("watchdog", self.watchdog.run),
+                    run("console", self.console.run),
+                    tg.create_task(self._probation(), name="config.probation"),
                 ]
                 others += [
                     run(f"line[{role}]", transport.keep_open)
@@ -543,7 +632,7 @@ class Agent:
             clean = True
         finally:
             # A deliberate stop disarms the watchdog; anything else leaves it to reset us.
-            self.watchdog.close(clean=clean)
+            self.watchdog.close(clean=clean, restarting=self.restart_requested)
             self.clock_trust.close()
             self.write_status()
             for transport in self.transports.values():
@@ -564,8 +653,8 @@ class Agent:
             log.warning("%d records left in the outbox for the next start", self.outbox.depth)
 
 
-async def run_agent(config: Config, *, clock: Clock | None = None) -> None:
-    """Run the agent until SIGTERM/SIGINT."""
+async def run_agent(config: Config, *, clock: Clock | None = None) -> bool:
+    """Run the agent until SIGTERM/SIGINT; True if it must restart (a new configuration)."""
     agent = Agent(config, clock or SystemClock())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -581,3 +670,4 @@ async def run_agent(config: Config, *, clock: Clock | None = None) -> None:
     )
     await agent.run(stop)
     log.info("stopped: %s", json.dumps(agent.uplink.statistics()))
+    return agent.restart_requested

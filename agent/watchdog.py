@@ -186,8 +186,10 @@ class Watchdog:
             self.feed_once()
             await self._clock.sleep(self.interval)
 
-    def close(self, *, clean: bool) -> None:
-        """On a clean stop, disarm with the magic close; otherwise leave it armed."""
+    def close(self, *, clean: bool, restarting: bool = False) -> None:
+        """On a clean stop, disarm with the magic close; otherwise leave it armed.
+        ``restarting``: the process re-executes itself (a new configuration), so systemd is
+        told RELOADING=1 rather than STOPPING=1 (the new agent's READY=1 ends it)."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
@@ -196,7 +198,7 @@ class Watchdog:
             os.close(self._fd)
         self._fd = None
         if clean:
-            sd_notify("STOPPING=1", self._environ)
+            sd_notify("RELOADING=1" if restarting else "STOPPING=1", self._environ)
 
 
 # ------------------------------------------------------------------ reboot cause

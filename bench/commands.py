@@ -29,10 +29,7 @@ from typing import Any
 from agent.clock import SystemClock
 from agent.commands import DEFAULT_POLICIES, CommandVerifier
 from agent.security.trust import TrustStore
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
-from sim.commander import (
+from central.commander import (
     Commander,
     init_central_keys,
     install_trust,
@@ -40,6 +37,9 @@ from sim.commander import (
     make_command,
     sign,
 )
+from central.post import CentralPost, load_public_pem
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 

@@ -37,10 +37,7 @@ from typing import Any
 import cbor2
 
 from agent.clock import SystemClock
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
-from sim.commander import (
+from central.commander import (
     Commander,
     init_central_keys,
     install_trust,
@@ -48,6 +45,9 @@ from sim.commander import (
     make_command,
     sign,
 )
+from central.post import CentralPost, load_public_pem
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 ENVELOPE_BYTES = 110  # a COSE_Sign1's overhead around an Event body (signature, kid, tag)

@@ -53,10 +53,10 @@ from agent.outbox import OUTBOX_FILE, MsgClass, Outbox, Pending
 from agent.points import Quality
 from agent.security.cose import COSE_SIGN1_TAG, Signer
 from agent.uplink import WINDOW, Uplink
+from central.post import CentralPost, load_public_pem
 from drivers.profile import PointSpec, load_profile
 from sim.broker import LOOPBACK, Mosquitto
 from sim.cabinet import ENV_NAME, METER_NAME, Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from agent.clock import SystemClock
+from central.post import CentralPost, load_public_pem
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -142,7 +142,10 @@ fi
 put 0644 "$SRC/README.md" "$PREFIX/README.md"
 
 # Configuration: the example is ours and refreshed; agent.toml is the city's, never touched.
-install -d -m 0755 "$ROOT$CONF_DIR"
+# Group armoire may write the folder: `config apply` on the console swaps agent.toml
+# (agent/config_apply.py: agent.toml.previous, .pending and .rolledback beside it).
+install -d -m 0775 "$ROOT$CONF_DIR"
+chown "0:${owner#*:}" "$ROOT$CONF_DIR"
 put 0644 "$SRC/deploy/agent.toml.example" "$CONF_DIR/agent.toml.example"
 if [ ! -e "$ROOT$CONF_DIR/agent.toml" ]; then
     install -m 0640 "$SRC/deploy/agent.toml.example" "$ROOT$CONF_DIR/agent.toml"

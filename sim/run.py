@@ -26,10 +26,7 @@ from urllib.parse import urlsplit
 
 from agent.board import BOARDS_DIR
 from agent.clock import SystemClock
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
-from sim.commander import (
+from central.commander import (
     Commander,
     init_central_keys,
     install_trust,
@@ -39,6 +36,10 @@ from sim.commander import (
     parse_value,
     write_central_config,
 )
+from central.post import CentralPost, load_public_pem
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
+from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.proxy import LinkProxy, LinkState
 from sim.view import View, agent_status, schedule_line
@@ -89,7 +90,8 @@ def ensure_keys(data: Path) -> None:
 
 def ensure_central(data: Path, broker_url: str) -> Path:
     """The central post's keys in DATA/central (created once), its trust store installed
-    on the simulated gateway, and DATA/central/central.toml for `armoire central send`."""
+    on the simulated gateway, and DATA/central/central.toml for `armoire-central send`
+    (`armoire-central token` signs with the maintenance key there)."""
     central_dir = data / "central"
     if not (central_dir / "root.key").exists():
         init_central_keys(central_dir)
@@ -307,6 +309,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                 line_names=roles,
             )
         )
+        console = await stack.enter_async_context(ConsolePty(data / "dev"))
         ensure_keys(data)
         central_dir = ensure_central(data, broker_url)
         config = data / "agent.toml"
@@ -333,6 +336,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             )
         view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
         view.extra_lines.append(lambda: schedule_line(agent_status(data) or {}))
+        view.extra_lines.append(lambda: console_hint(console.tech_path, data))
         controls = Controls(
             cabinet=cabinet,
             link=link,
@@ -380,6 +384,14 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             "readings": stats["readings"],
             "points": stats["points"],
         }
+
+
+def console_hint(tech: Path, data: Path) -> str:
+    """Where a technician's terminal reaches the agent's console, and how to log in."""
+    return (
+        f"console: picocom -b 115200 {tech}  (token: armoire-central token "
+        f"--data {data / 'central'} --sub ME --gw {GATEWAY_ID})"
+    )
 
 
 @contextlib.contextmanager

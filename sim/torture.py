@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.outbox import OUTBOX_FILE
+from central.post import CentralPost, load_public_pem
 from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
 from sim.proxy import LinkProxy
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 

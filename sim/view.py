@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim.central import CentralPost, Reading
+from central.post import CentralPost, Reading
 
 # Seconds over which the view's readings/s is averaged.
 RATE_WINDOW = 15.0

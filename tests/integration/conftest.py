@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from agent.clock import SystemClock
-from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost, load_public_pem
-from sim.commander import (
+from central.commander import (
     Commander,
     init_central_keys,
     install_trust,
     load_key,
     write_central_config,
 )
+from central.post import CentralPost, load_public_pem
+from sim.broker import Mosquitto
+from sim.cabinet import Cabinet, Scenario
 from sim.proxy import LinkProxy
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
 

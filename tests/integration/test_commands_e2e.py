@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sim.central import CentralPost
-from sim.commander import load_key, make_command, sign
+from central.commander import load_key, make_command, sign
+from central.post import CentralPost
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ async def _online(site: Site) -> None:
 
 async def _cli(site: Site, *args: str) -> tuple[int, dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "central", "send", "--data", str(site.central_dir),
+        sys.executable, "-m", "central", "send", "--data", str(site.central_dir),
         "--gw", site.gw, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -34,7 +34,7 @@ import pytest
 from agent.clock import SystemClock, wall_ms
 from agent.outbox import OUTBOX_FILE, STATE_FILE
 from agent.runtime import STATUS_FILE
-from sim.central import CentralPost
+from central.post import CentralPost
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration

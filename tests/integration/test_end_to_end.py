@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.central import CentralPost
+from central.post import CentralPost
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.lighting import DEFAULT_PROGRAM, night
+from central.post import CentralPost
 from sim.broker import Mosquitto
-from sim.central import CentralPost
 from tests.integration.conftest import Site, open_site
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from sim.central import CentralPost
-from sim.commander import load_key, make_command, sign
+from central.commander import load_key, make_command, sign
+from central.post import CentralPost
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sim.central import CentralPost
+from central.post import CentralPost
 from sim.run import agent_config
 from tests.integration.conftest import NO_SCHEDULE, Site
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agent.clock import SystemClock
+from central.post import CentralPost
 from sim.cabinet import Cabinet, Scenario
-from sim.central import CentralPost
 from sim.run import LINE_ROLE
 from tests.integration.conftest import Site
 

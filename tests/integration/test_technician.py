@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sim.commander import make_command
+from central.commander import make_command
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration

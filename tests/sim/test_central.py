@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from central.post import CentralPost, Ledger, LocalProtocolError, Outcome
 from sim.broker import Mosquitto
-from sim.central import CentralPost, Ledger, LocalProtocolError, Outcome
 
 GW = "gw-1"
 T0 = 1_700_000_000_000

@@ -31,9 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock, wall_ms
-from sim.broker import Mosquitto
-from sim.central import CentralPost, GatewayKey, LocalProtocolError, open_sign1
-from sim.commander import (
+from central.commander import (
     CENTRAL_CONFIG,
     Commander,
     init_central_keys,
@@ -47,6 +45,8 @@ from sim.commander import (
     sign_trust_update,
     write_central_config,
 )
+from central.post import CentralPost, GatewayKey, LocalProtocolError, open_sign1
+from sim.broker import Mosquitto
 
 GW = "gw-1"
 NOW_MS = 1_700_000_000_000
@@ -479,7 +479,7 @@ def gateway_pub(tmp_path: Path, gateway: FakeGateway) -> Path:
 async def test_send_cli__write_done_prints_the_ack(
     broker: Mosquitto, central_dir: Path, tmp_path: Path
 ) -> None:
-    """`armoire central send ... write lamp-03/level 40` must reach the gateway typed, say done."""
+    """`armoire-central send ... write lamp-03/level 40` must reach the gateway typed, say done."""
     operator = load_key(central_dir / "operator.key")
     gateway = FakeGateway(gw=GW, commander=raw(operator))
     write_central_config(

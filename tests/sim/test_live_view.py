@@ -9,6 +9,7 @@ are equal only if nothing wrapped.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -69,7 +70,8 @@ class Pane:
 
 @pytest.fixture
 def pane(tmp_path: Path) -> Iterator[Pane]:
-    socket = f"armoire-test-{tmp_path.name}"
+    # The pid: tmux sockets are per user, and other trees may run this test at the same time.
+    socket = f"armoire-test-{os.getpid()}-{tmp_path.name}"
     view = Pane(socket, 80, 24)
     command = (
         f"{sys.executable} -m agent sim --data {tmp_path / 'sim'} --duration {DURATION_S}; "

@@ -154,7 +154,6 @@ def test_cli__every_command_and_option_has_help() -> None:
         ["--log-level", "DEBUG", "check", "--config", "x.toml"],
         ["check", "--config", "x.toml", "--log-level", "debug"],
         ["keys", "show", "--data", "d", "--log-level", "DEBUG"],
-        ["central", "send", "--data", "d", "--gw", "g", "action", "ping", "--log-level", "DEBUG"],
     ],
 )
 def test_cli__global_options_before_or_after_the_command(argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """The downlink on its own: every command outcome gives the right Ack and audit Event.
 
 Commands are built and signed with the reference central post's code
-(`sim/commander.py`, written independently of the agent from PROTOCOL.md).
+(`central/commander.py`, written independently of the agent from PROTOCOL.md).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from agent.outbox import Outbox
 from agent.points import Value
 from agent.security.cose import Signer, decode_envelope
 from agent.security.trust import TrustStore
-from sim.commander import (
+from central.commander import (
     init_central_keys,
     install_trust,
     load_key,

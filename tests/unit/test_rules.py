@@ -281,7 +281,7 @@ async def test_door_intrusion__open_without_session_is_an_alert(bench: Bench) ->
 
 async def test_door_intrusion__not_raised_during_a_maintenance_session(bench: Bench) -> None:
     """A technician with an open session opens the door: no alarm."""
-    bench.set("console/maintenance", True)
+    bench.set("console/session", True)
     bench.set("cabinet/door", True)
     await bench.run_for(60)
     assert bench.record.alarms == []

@@ -1,6 +1,6 @@
 """The central post's command side: central keys, trust material, signed commands.
 
-Like :mod:`sim.central`, this is written from PROTOCOL.md alone and shares no
+Like :mod:`central.post`, this is written from PROTOCOL.md alone and shares no
 code with the agent (only ``agent.clock``): the COSE_Sign1 signer and the
 ``Command`` / ``TrustUpdate`` builders below are a second, independent reading
 of the wire contract, so a gateway is tested against a peer that does not
@@ -14,13 +14,14 @@ Three layers:
   material a gateway installs (:func:`install_trust`); :func:`write_central_config`
   tells the command-line tool where the broker and the gateways' keys are.
 - MQTT: :class:`Commander` publishes signed commands and waits for the Ack,
-  which the :class:`~sim.central.CentralPost` receives and verifies;
-  :func:`send_cli` is ``armoire central send``.
+  which the :class:`~central.post.CentralPost` receives and verifies;
+  :func:`send_cli` is ``armoire-central send``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -51,7 +52,27 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.clock import Clock, SystemClock, wall_ms
-from sim.central import GATEWAY_ID, TOPIC_ROOT, CentralPost, LocalProtocolError, load_public_pem
+
+# The wire constants are defined once, in the reference receiver.
+from central.post import (
+    ALG_EDDSA,
+    COMMAND_ID_BYTES,
+    COSE_SIGN1_TAG,
+    DEFAULT_MQTT_PORT,
+    ED25519_PUBLIC_BYTES,
+    GATEWAY_ID,
+    HEADER_ALG,
+    HEADER_KID,
+    KEEPALIVE_S,
+    KID_BYTES,
+    MQTT_TIMEOUT_S,
+    PROTOCOL_VERSION,
+    TOPIC_ROOT,
+    UINT_MAX,
+    CentralPost,
+    LocalProtocolError,
+    load_public_pem,
+)
 
 __all__ = [
     "CENTRAL_CONFIG",
@@ -63,28 +84,21 @@ __all__ = [
     "kid_of",
     "load_key",
     "make_command",
+    "make_token",
     "public_raw",
     "read_central_config",
     "send_cli",
     "sign",
     "sign_trust_update",
+    "token_text",
     "write_central_config",
 ]
 
-# -- constants from PROTOCOL.md ----------------------------------------------
+# -- constants from PROTOCOL.md (the others: central.post) -------------------
 
-PROTOCOL_VERSION: Final = 1  # "v" => 1
-COSE_SIGN1_TAG: Final = 18  # RFC 9052 §2, PROTOCOL.md "Envelope"
-HEADER_ALG: Final = 1  # RFC 9052 §3.1, common header parameter labels
-HEADER_KID: Final = 4
-ALG_EDDSA: Final = -8  # RFC 9053 §2.2; "senders use -8 in this version"
 SIG_CONTEXT: Final = "Signature1"  # RFC 9052 §4.4
-KID_BYTES: Final = 8  # PROTOCOL.md: first 8 bytes of SHA-256 of the raw public key
-ED25519_PUBLIC_BYTES: Final = 32  # RFC 8032 §5.1.5
-COMMAND_ID_BYTES: Final = 16  # Command "id" => bstr .size 16
 COMMAND_OPS: Final = ("write", "relinquish", "action")
 PRIO_MIN, PRIO_MAX = 1, 16  # Command "prio" => 1..16
-UINT_MAX: Final = 2**64 - 1  # CBOR major type 0 carries a 64-bit argument (RFC 8949 §3.1)
 ANY_GATEWAY: Final = "*"  # TrustUpdate "gw" => gw-id / "*"
 
 # -- constants of the central post ------------------------------------------
@@ -115,11 +129,8 @@ MAX_EXPIRY_S: Final = 2**32 - 1
 # it to a connected gateway and see it rejected as "expired"; a broker still
 # never holds it for a gateway that is away.
 MIN_EXPIRY_S: Final = 1
-MQTT_TIMEOUT_S: Final = 5.0
-KEEPALIVE_S: Final = 30
-DEFAULT_MQTT_PORT: Final = 1883  # IANA
 
-# `armoire central send` exit statuses (the CLI's 0/1/2 plus "no answer").
+# `armoire-central send` exit statuses (the CLI's 0/1/2 plus "no answer").
 EXIT_DONE: Final = 0
 EXIT_REFUSED: Final = 1  # the gateway answered "rejected" or "failed"
 EXIT_USAGE: Final = 2  # bad arguments, configuration or key files
@@ -318,7 +329,7 @@ def make_command(
     random bytes unless ``cmd_id`` is given. ``write`` needs ``point`` and
     takes ``value`` (``None`` is sent as CBOR null); ``relinquish`` needs
     ``point``; ``action`` needs ``name``. A misuse raises
-    :class:`~sim.central.LocalProtocolError`; to send a body that breaks the
+    :class:`~central.post.LocalProtocolError`; to send a body that breaks the
     CDDL on purpose, build the dict by hand and :func:`sign` it.
     """
     if not GATEWAY_ID.fullmatch(gw):
@@ -366,6 +377,36 @@ def make_command(
             raise LocalProtocolError("args keys must be strings")
         body["args"] = dict(args)
     return body
+
+
+# PROTOCOL.md, "Maintenance token (console)".
+MAINTENANCE_ROLE: Final = "maintenance"
+# A token opens the console of one cabinet for one visit: a working night at most.
+MAX_TOKEN_TTL_S: Final = 24 * 3600.0
+
+
+def make_token(*, gw: str, sub: str, now_ms: int, ttl_s: float) -> dict[str, Any]:
+    """A maintenance ``Token`` body (PROTOCOL.md): technician ``sub`` on gateway ``gw``,
+    valid from ``now_ms`` for ``ttl_s`` seconds (at most a day)."""
+    if not GATEWAY_ID.fullmatch(gw):
+        raise LocalProtocolError(f"gateway id {gw!r} is not [a-z0-9-]{{1,64}}")
+    if not sub or len(sub) > 64 or not sub.isprintable():
+        raise LocalProtocolError(f"technician id {sub!r} must be 1 to 64 printable characters")
+    if not (math.isfinite(ttl_s) and 0 < ttl_s <= MAX_TOKEN_TTL_S):
+        raise LocalProtocolError(f"ttl must be 1 s to {MAX_TOKEN_TTL_S:.0f} s, got {ttl_s:g}")
+    return {
+        "v": PROTOCOL_VERSION,
+        "gw": gw,
+        "sub": sub,
+        "iat": _uint(now_ms, "iat"),
+        "exp": now_ms + round(ttl_s * MS_PER_S),
+        "role": MAINTENANCE_ROLE,
+    }
+
+
+def token_text(key: Ed25519PrivateKey, body: Mapping[str, Any]) -> str:
+    """The signed token as one line of base64url without padding, to paste on the console."""
+    return base64.urlsafe_b64encode(sign(key, body)).rstrip(b"=").decode("ascii")
 
 
 def sign_trust_update(
@@ -579,7 +620,7 @@ def write_central_config(directory: Path, *, broker: str, gateways: Mapping[str,
     """Write ``DIR/central.toml`` (replacing it): where the broker and gateway keys are."""
     config = CentralConfig(broker=broker, gateways=dict(gateways))
     lines = [
-        "# Written by `armoire sim`: where `armoire central send` finds the broker",
+        "# Written by `armoire sim`: where `armoire-central send` finds the broker",
         "# and each gateway's public key (to verify its Acks).",
         f"broker = {_toml_string(config.broker)}",
         "",
@@ -666,7 +707,7 @@ def _cli_command(
     hold: int | None,
     validity_s: float = DEFAULT_VALIDITY_S,
 ) -> dict[str, Any]:
-    """The Command body for ``armoire central send``, or LocalProtocolError with a usage hint."""
+    """The Command body for ``armoire-central send``, or LocalProtocolError with a usage hint."""
     now = wall_ms(SystemClock())
     match op:
         case "write" | "relinquish":
@@ -712,7 +753,7 @@ async def send_cli(
     key_name: str = "operator",
     ttl: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """What ``armoire central send --data DIR --gw ID OP TARGET [VALUE]`` does.
+    """What ``armoire-central send --data DIR --gw ID OP TARGET [VALUE]`` does.
 
     ``write lamp-03/level 40 [--prio 10] [--hold 600]``, ``relinquish
     lamp-03/level``, ``action selftest``. Reads ``DIR/central.toml``, signs

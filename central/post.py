@@ -67,7 +67,7 @@ __all__ = [
     "parse_topic",
 ]
 
-_log = logging.getLogger("armoire.sim.central")
+_log = logging.getLogger("armoire.central")
 
 # -- constants from PROTOCOL.md ----------------------------------------------
 
