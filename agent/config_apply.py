@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from agent.clock import Clock
 from agent.config import Config
+from agent.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,7 @@ def _marker(config_path: Path, suffix: str) -> Path:
 
 
 def _write(path: Path, data: bytes) -> None:
-    # Atomic and durable: a power cut leaves the old file or the new one, whole.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, data, mode=0o640)
 
 
 def stage(config: Config, new_path: Path, *, sub: str, console: str) -> None:

@@ -47,6 +47,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from agent.clock import Clock, wall_ms
+from agent.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -799,17 +800,4 @@ def _read_state(path: Path) -> dict[str, int]:
 
 
 def _write_state(path: Path, state: dict[str, int]) -> None:
-    # Atomic and durable: write a temp file, fsync it, rename, fsync the folder.
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(state).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, json.dumps(state).encode())

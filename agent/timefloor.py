@@ -20,11 +20,11 @@ calls; this class is the one place that knows the floor.)
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Final
 
 from agent.clock import Clock, wall_ms
+from agent.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,4 @@ def _read(path: Path) -> int:
 
 
 def _write(path: Path, t_ms: int) -> None:
-    # Atomic and durable: temp file, fsync, rename, fsync of the folder.
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, f"{t_ms}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, f"{t_ms}\n".encode())

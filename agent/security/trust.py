@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from agent.durable import write_atomically
 from agent.security import cbor_strict
 from agent.security.cose import (
     KID_SIZE,
@@ -320,31 +321,8 @@ def _read_serial(path: Path) -> int:
     return int(text) if text.isdigit() and len(text) <= 20 else NO_SERIAL
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` so that a power cut leaves either the old or the new file, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    # O_NOFOLLOW: never write through a symlink planted at the temporary name.
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, data, mode=_FILE_MODE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
