@@ -269,6 +269,14 @@ class Agent:
         self.liveness.watch("rules", lambda: self.rules.ticks, failsafe.loop_deadline)
         self.liveness.watch("lighting", lambda: self.lighting.ticks, failsafe.loop_deadline)
         self.liveness.watch("reporter", lambda: self.reporter.cycles, failsafe.loop_deadline)
+        # A connect or a PUBACK may take the operation timeout before the session is given
+        # up and retried: only well past that is a silent uplink hung.
+        self.liveness.watch(
+            "uplink",
+            lambda: self.uplink.progress,
+            max(failsafe.loop_deadline, 3 * self.uplink.operation_timeout),
+            idle=lambda: self.uplink.waiting,
+        )
         timeout = config.board.watchdog_timeout
         self.watchdog = Watchdog(
             clock=clock,

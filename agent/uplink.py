@@ -124,6 +124,12 @@ class Uplink:
         self.published = 0
         self.published_readings = 0
         self.online = asyncio.Event()
+        # Liveness (agent/watchdog.py): ``progress`` moves at each connection attempt and
+        # each acknowledged record; ``waiting`` while the uplink has nothing to do (no
+        # record to send, or sleeping before the next attempt). Neither for a deadline
+        # means the uplink hangs: the watchdog stops being fed.
+        self.progress = 0
+        self.waiting = False
         self._client_now: aiomqtt.Client | None = None
         self.incoming_dropped = 0  # messages discarded because the incoming queue was full
         self._drop_log_after = 0.0  # monotonic time before which drops are not logged again
@@ -160,7 +166,7 @@ class Uplink:
             will=aiomqtt.Will(topic(self.gw, Topic.STATE), payload=death, qos=1, retain=True),
             tls_context=tls_context,
             # Bounds connect/subscribe/PUBACK waits; a dead link is noticed by keepalive.
-            timeout=max(MIN_OPERATION_TIMEOUT, float(cfg.keepalive)),
+            timeout=self.operation_timeout,
             logger=_mqtt_log,
             max_inflight_messages=self._window,
             max_queued_incoming_messages=INCOMING_QUEUE,
@@ -172,9 +178,15 @@ class Uplink:
         _guard_writes(client)
         return client
 
+    @property
+    def operation_timeout(self) -> float:
+        """Seconds a connect, subscribe or PUBACK may take before the session is given up."""
+        return max(MIN_OPERATION_TIMEOUT, float(self._config.keepalive))
+
     async def run(self) -> None:
         backoff = self._config.reconnect_min
         while True:
+            self.progress += 1
             client = self._client()
             try:
                 async with client:
@@ -202,7 +214,11 @@ class Uplink:
             self.online.clear()
             delay = backoff * (1 + self._rng.uniform(-JITTER, JITTER))
             self._log_retry(delay)
-            await self._clock.sleep(delay)
+            self.waiting = True
+            try:
+                await self._clock.sleep(delay)
+            finally:
+                self.waiting = False
             backoff = min(backoff * 2, self._config.reconnect_max)
 
     def _log_retry(self, delay: float) -> None:
@@ -316,12 +332,17 @@ class Uplink:
                 inflight -= 1
                 freed.set()
             self._outbox.done(record)
+            self.progress += 1
             self.published += 1
             self.published_readings += record.readings
 
         async with asyncio.TaskGroup() as tg:
             while True:
-                await self._outbox.wait()
+                self.waiting = inflight == 0
+                try:
+                    await self._outbox.wait()
+                finally:
+                    self.waiting = False
                 while inflight >= self._window:
                     freed.clear()
                     await freed.wait()

@@ -57,6 +57,7 @@ class _Watched:
     deadline: float
     last: int
     moved_at: float
+    idle: Callable[[], bool] | None = None
 
 
 class Liveness:
@@ -66,8 +67,17 @@ class Liveness:
         self._clock = clock
         self._loops: dict[str, _Watched] = {}
 
-    def watch(self, name: str, progress: Callable[[], int], deadline: float) -> None:
-        self._loops[name] = _Watched(progress, deadline, progress(), self._clock.monotonic())
+    def watch(
+        self,
+        name: str,
+        progress: Callable[[], int],
+        deadline: float,
+        *,
+        idle: Callable[[], bool] | None = None,
+    ) -> None:
+        """Watch a loop. ``idle``: the loop is legitimately waiting for work (an uplink with
+        nothing to send makes no progress), which counts as a check-in."""
+        self._loops[name] = _Watched(progress, deadline, progress(), self._clock.monotonic(), idle)
 
     def stale(self) -> list[str]:
         """The loops that have not moved within their deadline."""
@@ -75,7 +85,7 @@ class Liveness:
         stale = []
         for name, loop in self._loops.items():
             value = loop.progress()
-            if value != loop.last:
+            if value != loop.last or (loop.idle is not None and loop.idle()):
                 loop.last, loop.moved_at = value, now
             elif now - loop.moved_at > loop.deadline:
                 stale.append(name)

@@ -32,6 +32,7 @@ from agent.messages import MessageFactory, Topic, topic
 from agent.outbox import MsgClass, Outbox, Pending
 from agent.security.cose import Signer
 from agent.uplink import JITTER, WINDOW, LinkState, Uplink
+from agent.watchdog import Liveness
 from sim.broker import Mosquitto, free_port
 from sim.proxy import LinkProxy
 
@@ -368,3 +369,29 @@ async def test_uplink__link_cuts_reconnect_without_errors_in_the_log(
     await until("the outbox is empty", lambda: bench.outbox.depth == 0)
     errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_uplink__checks_in_with_the_watchdog_unless_a_publish_hangs(bench: Bench) -> None:
+    """The uplink is a critical loop (issue 9): idle with nothing to send it still checks
+    in, but a publish that never completes stops the check-in, so the watchdog is no longer
+    fed; once the session is given up and the link works again, the check-in resumes."""
+    clock = FakeClock()  # the watchdog's time; the uplink itself runs on real time
+    liveness = Liveness(clock)
+    deadline = 30.0
+    liveness.watch(
+        "uplink", lambda: bench.uplink.progress, deadline, idle=lambda: bench.uplink.waiting
+    )
+    await until("the uplink waits for records", lambda: bench.uplink.waiting)
+    await clock.advance(10 * deadline)
+    assert liveness.stale() == []  # idle is not hung
+
+    await bench.link.withhold_pubacks()
+    bench.append()
+    await until("the record is in flight", lambda: bench.outbox.inflight == 1)
+    await clock.advance(deadline + 1)
+    # Checked within a keepalive (5 s real time), before the PUBACK wait is given up.
+    assert liveness.stale() == ["uplink"]
+
+    await bench.link.restore()
+    await until("the outbox is empty", lambda: bench.outbox.depth == 0)
+    assert liveness.stale() == []
