@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from sim.lifetime import tied_to_parent
+
 __all__ = ["BrokerError", "BrokerNotFound", "Mosquitto", "free_port"]
 
 LOOPBACK = "127.0.0.1"
@@ -143,9 +145,6 @@ class Mosquitto:
         self._given_data_dir = data_dir
         self._data_dir: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        # setpriv (util-linux) sets the parent-death signal and then execs
-        # mosquitto, so a SIGKILLed test run does not leave brokers behind.
-        self._setpriv = shutil.which("setpriv")
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -270,9 +269,8 @@ class Mosquitto:
         data_dir = self.data_dir
         conf = data_dir / "mosquitto.conf"
         conf.write_text(_config(self.port, data_dir, self.log_path, self._max_queued))
-        argv = [str(self._binary), "-c", str(conf)]
-        if self._setpriv is not None:
-            argv = [self._setpriv, "--pdeathsig", "TERM", *argv]
+        # A SIGKILLed test run does not leave brokers behind.
+        argv = tied_to_parent([str(self._binary), "-c", str(conf)])
         # stderr to a file: start-up errors (bad config, port taken) are
         # printed there before the log file is opened.
         with (data_dir / "mosquitto.stderr").open("ab") as stderr:

@@ -41,6 +41,7 @@ from sim.broker import Mosquitto
 from sim.cabinet import Cabinet, Scenario
 from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
+from sim.lifetime import tied_to_parent
 from sim.proxy import LinkProxy, LinkState
 from sim.view import View, agent_status, schedule_line
 
@@ -255,7 +256,8 @@ class AgentProcess:
             # Its own session: Ctrl-C in the simulator's terminal reaches the simulator,
             # which stops the agent (SIGTERM) before the broker, as on a gateway.
             self.proc = await asyncio.create_subprocess_exec(
-                *agent_command(self.config),
+                # Dies with the simulator (or the test) however that one ends.
+                *tied_to_parent(agent_command(self.config)),
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from central.post import CentralPost
+from sim.lifetime import tied_to_parent
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
@@ -123,7 +124,8 @@ async def test_e2e__link_cut_then_restored_delivers_the_outage(site: Site) -> No
 async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
     """`armoire sim --duration` would hang, or end without the figures a user reads."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "sim", "--data", str(tmp_path), "--duration", "6",
+        *tied_to_parent([sys.executable, "-m", "agent", "sim", "--data", str(tmp_path)]),
+        "--duration", "6",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)

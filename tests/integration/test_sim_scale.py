@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sim.lifetime import tied_to_parent
+
 pytestmark = pytest.mark.integration
 
 LAMPS, LINES = 30, 2
@@ -20,7 +22,8 @@ async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Pa
     """`armoire sim --lamps 20` died on a unit id clash, and there was no way to give a
     cabinet more than one line: the agent's scaling could not be measured."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "sim", "--data", str(tmp_path), "--duration", "12",
+        *tied_to_parent([sys.executable, "-m", "agent", "sim", "--data", str(tmp_path)]),
+        "--duration", "12",
         "--lamps", str(LAMPS), "--lines", str(LINES),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
