@@ -256,6 +256,9 @@ class RtuTransport:
         # so the port is configured once.
         instance.timeout = 0
         instance.write_timeout = 0
+        # flock(LOCK_EX): a second process on the same line (a stray agent, a technician's
+        # tool) would interleave its frames with ours; it is refused at open instead.
+        instance.exclusive = True
         try:
             instance.open()  # closes its descriptor itself if configuring fails
         except termios.error as exc:

@@ -400,6 +400,17 @@ async def test_transport__missing_port_names_it() -> None:
         await rtu.open()
 
 
+async def test_transport__a_line_already_held_by_another_process_is_refused(
+    transport: RtuTransport, pty_pair: Pty
+) -> None:
+    """Two masters on one RS-485 line (a stray agent still holding it) interleave frames
+    and both read garbage; the second is refused at open, naming the port."""
+    second = RtuTransport(pty_pair.path, baudrate=BAUDRATE, parity="N", stopbits=2)
+    with pytest.raises(OSError, match=f"lock port {pty_pair.path}"):
+        await second.open()
+    assert transport.is_open
+
+
 async def test_transport__refused_settings_raise_oserror(pty_pair: Pty) -> None:
     """Settings the port refuses (ptys refuse parity) fail as OSError naming the port."""
     rtu = RtuTransport(pty_pair.path, parity="E")
