@@ -166,11 +166,11 @@ class RtuTransport:
         self,
         port: str,
         *,
-        baudrate: int = 19200,
-        bytesize: int = 8,
-        parity: str = "E",
-        stopbits: int = 1,
-        response_timeout: float = 0.5,
+        baudrate: int,
+        parity: str,
+        stopbits: int,
+        response_timeout: float,
+        bytesize: int = RTU_BYTESIZE,
     ) -> None:
         if baudrate <= 0:
             raise LocalProtocolError(f"baudrate must be positive, got {baudrate}")
