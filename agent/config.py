@@ -504,6 +504,7 @@ def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[
     devices: list[DeviceConfig] = []
     names: dict[str, int] = {}
     claims: dict[tuple[object, ...], tuple[str, int]] = {}
+    agreed: dict[tuple[object, ...], tuple[object, str, int]] = {}
     profiles: dict[tuple[str, str], Model | None] = {}  # one load (and report) per file
     for index, sec in enumerate(sections):
         mark = sec.problems.mark()
@@ -520,6 +521,7 @@ def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[
                 here=here,
                 serial_port=lambda s, role: _serial_port(s, role, board),
                 claims=claims,
+                agreed=agreed,
             )
             settings = driver.parse(sec, ctx)
         else:

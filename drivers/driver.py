@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.device import Device
+from drivers.health import LineHealth
 from drivers.point import Model
 from drivers.profile import Section, show
 
@@ -39,12 +40,24 @@ class ParseContext:
     here: Path
     serial_port: Callable[[Section, str], SerialPort | None]
     claims: dict[tuple[object, ...], tuple[str, int]] = field(default_factory=dict)
+    agreed: dict[tuple[object, ...], tuple[object, str, int]] = field(default_factory=dict)
 
     def claim(self, sec: Section, key: str, what: tuple[object, ...], text: str) -> None:
         """Report ``key`` if another device already claimed ``what`` (``text`` says what)."""
         other = self.claims.setdefault(what, (self.name, self.index))
         if other[1] != self.index:
             sec.error(key, f"{text} is already used by {show(other[0])} (devices[{other[1]}])")
+
+    def agree(self, sec: Section, key: str, what: tuple[object, ...], value: object) -> None:
+        """Report ``key`` if another device set ``what`` (a setting of a medium they
+        share, like a connection's transactions in flight) to another value."""
+        first = self.agreed.setdefault(what, (value, self.name, self.index))
+        if first[0] != value:
+            sec.error(
+                key,
+                f"{show(value)} differs from {show(first[0])} set by {show(first[1])} "
+                f"(devices[{first[2]}]) on the same connection",
+            )
 
 
 class Bus(Protocol):
@@ -66,7 +79,12 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
     def status(self) -> dict[str, Any]:
-        """What ``status.json`` shows of it (open or not, why, counters)."""
+        """What ``status.json`` shows of it (open or not, why, utilisation)."""
+        ...
+
+    @property
+    def health(self) -> LineHealth:
+        """How busy it is (bus health)."""
         ...
 
 

@@ -7,6 +7,8 @@ from types import MappingProxyType
 from typing import Final
 
 from drivers.driver import Driver
-from drivers.modbus import rtu
+from drivers.modbus import rtu, tcp
 
-DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType({d.name: d for d in (rtu.DRIVER,)})
+DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType(
+    {d.name: d for d in (rtu.DRIVER, tcp.DRIVER)}
+)

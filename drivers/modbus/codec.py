@@ -602,8 +602,7 @@ def parse_pdu(request: Request, pdu: bytes, *, frame: bytes | None = None) -> Re
                 )
             if len(pdu) != _READ_PDU_OVERHEAD + byte_count:
                 raise malformed(
-                    f"PDU of {len(pdu)} bytes, expected {_READ_PDU_OVERHEAD + byte_count} "
-                    f"({shown})"
+                    f"PDU of {len(pdu)} bytes, expected {_READ_PDU_OVERHEAD + byte_count} ({shown})"
                 )
             values = struct.unpack_from(f">{request.count}H", pdu, _READ_PDU_OVERHEAD)
             return RegistersRead(
@@ -624,8 +623,7 @@ def parse_pdu(request: Request, pdu: bytes, *, frame: bytes | None = None) -> Re
 def _check_echo(request: Request, field: str, received: int, sent: int) -> None:
     if received != sent:
         raise MalformedResponse(
-            f"write echo {field} is {received} (0x{received:04X}), "
-            f"we wrote {sent} (0x{sent:04X})",
+            f"write echo {field} is {received} (0x{received:04X}), we wrote {sent} (0x{sent:04X})",
             unit=request.unit,
             function=request.function,
         )

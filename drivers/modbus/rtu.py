@@ -1,48 +1,29 @@
 """The ``modbus-rtu`` driver: devices on an RS-485 line, one :class:`RtuTransport` per line.
 
-Reads are planned once per model (:func:`~drivers.profile.plan_reads`) into as few
-FC03/FC04 requests as possible; every Modbus error becomes a
-:class:`~drivers.device.DriverError`.
+Its ``[[devices]]`` keys are ``line`` (a serial role of the board) and ``address`` (the
+unit, unique on its line); the devices themselves are :class:`ModbusDevice`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from drivers.bus_lock import ROUTINE, URGENT
-from drivers.device import DriverError, Reading, Report
 from drivers.driver import BuildContext, Driver, ParseContext
+from drivers.health import LineHealth
 from drivers.modbus.codec import (
     MAX_UNIT,
     MIN_UNIT,
-    LocalProtocolError,
-    NoResponse,
-    ReadHoldingRegisters,
-    ReadInputRegisters,
-    RegistersRead,
-    RemoteProtocolError,
-    Request,
-    Response,
-    TruncatedResponse,
-    WriteMultipleRegisters,
-    WriteSingleRegister,
 )
+from drivers.modbus.device import ModbusDevice
 from drivers.modbus.transport import RTU_BYTESIZE, RtuTransport
 from drivers.point import Model
 from drivers.profile import (
     Profile,
-    ReadBlock,
-    RegisterSpec,
     Section,
-    decode,
-    decode_block,
-    encode,
     load_profile,
-    plan_reads,
     show,
 )
 
@@ -119,70 +100,15 @@ class RtuLine:
             "port": self.transport.port,
             "open": self.transport.is_open,
             "error": self.transport.closed_reason,
+            "utilisation": self.transport.line_health.utilisation,
         }
 
-
-class RtuDevice:
-    """One Modbus RTU device (a :class:`~drivers.device.Device`) on a shared line."""
-
-    def __init__(self, name: str, profile: Profile, unit: int, transport: RtuTransport) -> None:
-        self.name = name
-        self._profile = profile
-        self._unit = unit
-        self._transport = transport
-        self._blocks: Sequence[ReadBlock] = plan_reads(profile.points)
-
-    async def read(self) -> Mapping[str, Reading]:
-        values: dict[str, Reading] = {}
-        for block in self._blocks:
-            request = (
-                ReadHoldingRegisters(unit=self._unit, address=block.address, count=block.count)
-                if block.table == "holding"
-                else ReadInputRegisters(unit=self._unit, address=block.address, count=block.count)
-            )
-            response = await self._transact(request)
-            assert isinstance(response, RegistersRead)  # the decoder checked the function
-            values.update(decode_block(block, response.values))
-        return values
-
-    async def write(self, point: str, value: Reading) -> Reading:
-        spec = self._profile.point(point)
-        assert isinstance(spec, RegisterSpec)
-        if value is None or isinstance(value, str):
-            raise DriverError(f"cannot write {value!r}")
-        try:
-            registers = encode(spec, value)
-        except ValueError as exc:
-            raise DriverError(str(exc)) from exc
-        request = (
-            WriteSingleRegister(unit=self._unit, address=spec.address, value=registers[0])
-            if len(registers) == 1
-            else WriteMultipleRegisters(unit=self._unit, address=spec.address, values=registers)
-        )
-        await self._transact(request, priority=URGENT)
-        return decode(spec, registers)
-
-    async def action(self, action: str, args: Mapping[str, Reading]) -> object:
-        raise DriverError(f"{self.name}: a Modbus device has no action {action!r}")
-
-    async def watch(self, report: Report) -> None:
-        return  # polled only
-
-    async def close(self) -> None:
-        return  # the line is the agent's (RtuLine), shared with other devices
-
-    async def _transact(self, request: Request, *, priority: int = ROUTINE) -> Response:
-        try:
-            return await self._transport.transact(request, priority=priority)
-        except (NoResponse, TruncatedResponse) as exc:
-            raise DriverError(str(exc), timeout=True) from exc
-        except (RemoteProtocolError, LocalProtocolError, OSError) as exc:
-            # OSError includes PortUnavailable: a line that is absent or being reopened
-            # makes its devices miss polls like silent ones.
-            raise DriverError(str(exc)) from exc
+    @property
+    def health(self) -> LineHealth:
+        return self.transport.line_health
 
 
-def build(name: str, model: Model, settings: object, ctx: BuildContext) -> RtuDevice:
+def build(name: str, model: Model, settings: object, ctx: BuildContext) -> ModbusDevice:
     assert isinstance(settings, RtuSettings)
     assert isinstance(model, Profile)
     port = settings.line
@@ -201,7 +127,7 @@ def build(name: str, model: Model, settings: object, ctx: BuildContext) -> RtuDe
         )
         ctx.buses[port.role] = bus
     assert isinstance(bus, RtuLine)
-    return RtuDevice(name, model, settings.address, bus.transport)
+    return ModbusDevice(name, model, settings.address, bus.transport)
 
 
 def _bus_of(settings: object) -> str:
