@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from drivers.device import DriverError
-from drivers.driver import Bus, BuildContext
+from drivers.driver import BuildContext, Bus
 from drivers.modbus.codec import NoResponse, ReadHoldingRegisters
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.mbap import FramingError
@@ -42,10 +42,15 @@ def check_bank(unit: int, values: dict[str, object]) -> int:
     return n
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            # Polling public state: the transport offers no event for it.
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"not {what} within {within} s")
 
 
 async def test_driver__devices_behind_one_server_share_a_connection(profile_path: Path) -> None:
