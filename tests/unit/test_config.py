@@ -20,6 +20,7 @@ from agent.config import (
     load_config,
 )
 from drivers.modbus.rtu import RtuSettings
+from drivers.modbus.tcp import TcpSettings
 from drivers.profile import load_profile
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
@@ -643,3 +644,68 @@ def test_load_config__log_level_mistake_suggests_the_level(workdir: Path) -> Non
         'gateway.toml: log.level: expected one of "DEBUG", "INFO", "WARNING", "ERROR", '
         'got "WARN"; did you mean "WARNING"?'
     ]
+
+
+TCP_DEVICES = """
+[[devices]]
+name = "plc-1"
+driver = "modbus-tcp"
+host = "10.0.0.5"
+address = 1
+profile = "meter-3ph"
+
+[[devices]]
+name = "plc-2"
+driver = "modbus-tcp"
+host = "10.0.0.5"
+port = 5020
+address = 1
+inflight = 4
+profile = "meter-3ph"
+"""
+
+
+def test_load_config__modbus_tcp_devices(workdir: Path) -> None:
+    """A meter on the LAN would be unreachable or polled at the wrong server."""
+    config = load_text(BASE + TCP_DEVICES)
+    plc1, plc2 = config.devices[2:]
+    assert plc1.settings == TcpSettings(host="10.0.0.5", port=502, address=1, inflight=1)
+    assert plc2.settings == TcpSettings(host="10.0.0.5", port=5020, address=1, inflight=4)
+    assert (plc1.bus, plc2.bus) == ("10.0.0.5:502", "10.0.0.5:5020")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        pytest.param(
+            TCP_DEVICES.replace("port = 5020\n", ""),
+            'devices[3].inflight: 4 differs from 1 set by "plc-1" (devices[2]) on the '
+            "same connection",
+            id="inflight-disagrees",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace("port = 5020\n", "").replace("inflight = 4\n", ""),
+            'devices[3].address: unit 1 on 10.0.0.5:502 is already used by "plc-1" '
+            "(devices[2])",
+            id="unit-taken",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace('host = "10.0.0.5"\naddress', 'host = "plc one"\naddress', 1),
+            'devices[2].host: expected a host name or an IP address, got "plc one"',
+            id="bad-host",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace('host = "10.0.0.5"\naddress', 'line = "rs485_1"\naddress', 1),
+            "devices[2].host: missing required key; expected a host name or an IP address",
+            id="rtu-key-on-a-tcp-device",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace("inflight = 4", "inflight = 17"),
+            "devices[3].inflight: expected an integer 1..16, got 17",
+            id="inflight-range",
+        ),
+    ],
+)
+def test_load_config__modbus_tcp_mistakes(workdir: Path, text: str, error: str) -> None:
+    """Each driver checks its own keys, in the configuration's error style."""
+    assert f"gateway.toml: {error}" in errors_of(BASE + text)
