@@ -106,6 +106,7 @@ class PollingConfig:
     response_timeout: float
     miss_limit: int
     backoff_max: float
+    health_interval: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -388,6 +389,9 @@ def _polling(sec: Section) -> PollingConfig:
         response_timeout=sec.number("response_timeout", 0.01, 10, default=0.3),
         miss_limit=sec.integer("miss_limit", 1, 100, default=3),
         backoff_max=sec.number("backoff_max", 1, 3600, default=60.0),
+        # Bus health telemetry (agent/bus_health.py): 12 readings per device and line an
+        # hour at the default, a low rate next to the devices' own points.
+        health_interval=sec.number("health_interval", 1, 3600, default=60.0),
     )
     sec.close()
     return polling

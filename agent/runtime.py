@@ -20,6 +20,7 @@ from typing import Any
 from agent import __version__, config_apply
 from agent.arbiter import Arbiter, Priority
 from agent.autonomy import Autonomy
+from agent.bus_health import BusHealthPoints
 from agent.clock import Clock, SystemClock, wall_ms
 from agent.clock_trust import STATE_FILE as CLOCK_FILE
 from agent.clock_trust import ClockTrust
@@ -53,7 +54,10 @@ from agent.watchdog import (
     previous_kernel,
     reboot_cause,
 )
+from drivers.device import Device
 from drivers.driver import BuildContext, Bus
+from drivers.health import DeviceHealth
+from drivers.point import MAX_HEARTBEAT
 from drivers.registry import DRIVERS
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,12 @@ STATUS_FILE = "status.json"
 STATUS_PERIOD = 2.0
 # On shutdown, how long to keep forwarding what is queued while the link is up.
 DRAIN_ON_EXIT = 3.0
+
+
+def health_of(device: Device) -> DeviceHealth | None:
+    """The bus health a driver counts for ``device``, if it does (Modbus does)."""
+    health = getattr(device, "health", None)
+    return health if isinstance(health, DeviceHealth) else None
 
 
 class StartupError(Exception):
@@ -136,19 +146,6 @@ class Agent:
         self.outbox.eviction_reporter = self.events.evicted
         self.points = Points()
         specs = config.points()
-        self.reporter = Reporter(
-            points=self.points,
-            policies={
-                name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
-                for name, _, spec in specs
-            },
-            outbox=self.outbox,
-            factory=self.factory,
-            clock=clock,
-            batch_interval=config.storage.batch_interval,
-            telemetry_delay=config.storage.telemetry_delay,
-            batch_max=config.storage.batch_max,
-        )
         # The media devices share (serial lines, TCP connections), by key.
         self.buses: dict[str, Bus] = {}
         build = BuildContext(buses=self.buses, response_timeout=config.polling.response_timeout)
@@ -168,6 +165,37 @@ class Agent:
                     assume_failed=("device.comm_fail", device.name) in failed,
                 )
             )
+        self.bus_health = BusHealthPoints(
+            devices={
+                p.device.name: health
+                for p in self.pollers
+                if (health := health_of(p.driver)) is not None
+            },
+            lines={key: bus.health for key, bus in self.buses.items()},
+            points=self.points,
+            clock=clock,
+            interval=config.polling.health_interval,
+        )
+        health_units = self.bus_health.units()
+        self.reporter = Reporter(
+            points=self.points,
+            policies={
+                **{
+                    name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
+                    for name, _, spec in specs
+                },
+                **{
+                    name: ReportPolicy(deadband=0.0, heartbeat=MAX_HEARTBEAT)
+                    for name in health_units
+                },
+            },
+            outbox=self.outbox,
+            factory=self.factory,
+            clock=clock,
+            batch_interval=config.storage.batch_interval,
+            telemetry_delay=config.storage.telemetry_delay,
+            batch_max=config.storage.batch_max,
+        )
         self._pollers = {p.device.name: p for p in self.pollers}
         # Commandable points: writable points with a relinquish default in their profile.
         self._writable = {
@@ -234,7 +262,10 @@ class Agent:
             outbox=self.outbox,
             factory=self.factory,
             clock=clock,
-            birth_points={name: (spec.unit, spec.writable) for name, _, spec in specs},
+            birth_points={
+                **{name: (spec.unit, spec.writable) for name, _, spec in specs},
+                **{name: (unit, False) for name, unit in health_units.items()},
+            },
             config_digest=config.digest,
             agent_version=__version__,
             subscriptions=(Topic.CMD, Topic.TRUST),
@@ -458,6 +489,11 @@ class Agent:
                     "failures": p.failures,
                     "last_poll": p.last_poll_ms,
                     "last_answer": p.last_answer_ms,
+                    **(
+                        {"bus": health.statistics()}
+                        if (health := health_of(p.driver)) is not None
+                        else {}
+                    ),
                 }
                 for p in self.pollers
             },
@@ -568,6 +604,7 @@ class Agent:
                     run("arbiter", self.arbiter.run),
                     run("downlink.summaries", self.downlink.run),
                     run("loop_lag", self.loop_lag.run),
+                    run("bus_health", self.bus_health.run),
                     run("rules", self.rules.run),
                     run("lighting", self.lighting.run),
                     run("clock", self.clock_trust.run),

@@ -13,6 +13,7 @@ nothing here reads a clock: times are passed in.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,8 +37,9 @@ class Outcome(StrEnum):
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """The nearest-rank percentile of already sorted values (not empty)."""
-    rank = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
+    # Rounded first: 0.99 * 100 is 99.00000000000001 in floating point.
+    rank = math.ceil(round(fraction * len(sorted_values), 9))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,3 +133,8 @@ class LineHealth:
         length = now - start
         self.utilisation = min(1.0, busy / length) if length > 0 else 0.0
         return self.utilisation
+
+
+def percent(fraction: float | None) -> float | None:
+    """A fraction as a percentage with one decimal (None stays None)."""
+    return None if fraction is None else round(100 * fraction, 1)

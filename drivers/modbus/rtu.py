@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from drivers.driver import BuildContext, Driver, ParseContext
-from drivers.health import LineHealth
+from drivers.health import LineHealth, percent
 from drivers.modbus.codec import (
     MAX_UNIT,
     MIN_UNIT,
@@ -100,7 +100,7 @@ class RtuLine:
             "port": self.transport.port,
             "open": self.transport.is_open,
             "error": self.transport.closed_reason,
-            "utilisation": self.transport.line_health.utilisation,
+            "utilisation_pct": percent(self.transport.line_health.utilisation),
         }
 
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from drivers.driver import BuildContext, Driver, ParseContext
-from drivers.health import LineHealth
+from drivers.health import LineHealth, percent
 from drivers.modbus.codec import MAX_UNIT, MIN_UNIT
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.tcp_transport import MAX_INFLIGHT, TcpTransport
@@ -96,7 +96,7 @@ class TcpServer:
             "port": self.name,
             "open": self.transport.is_open,
             "error": self.transport.closed_reason,
-            "utilisation": self.transport.line_health.utilisation,
+            "utilisation_pct": percent(self.transport.line_health.utilisation),
         }
 
     @property

@@ -113,7 +113,9 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
         batch_max=500,
         capacity_bytes=64 * 2**20,
     )
-    assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
+    assert config.polling == PollingConfig(
+        response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
+    )
     assert config.board == load_board("sim", base_dir=FIXTURES / "sim-data")
     assert [
         (d.name, d.settings.line.role, d.settings.address, d.profile.name, d.poll)
@@ -168,7 +170,9 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
         batch_max=500,
         capacity_bytes=512 * 2**20,
     )
-    assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
+    assert config.polling == PollingConfig(
+        response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
+    )
     assert config.devices[0].poll == 1.0
     assert config.board.serial["rs485_1"].device == workdir / "dev" / "rs485_1"
 
@@ -685,8 +689,7 @@ def test_load_config__modbus_tcp_devices(workdir: Path) -> None:
         ),
         pytest.param(
             TCP_DEVICES.replace("port = 5020\n", "").replace("inflight = 4\n", ""),
-            'devices[3].address: unit 1 on 10.0.0.5:502 is already used by "plc-1" '
-            "(devices[2])",
+            'devices[3].address: unit 1 on 10.0.0.5:502 is already used by "plc-1" (devices[2])',
             id="unit-taken",
         ),
         pytest.param(

@@ -20,7 +20,7 @@ from drivers.device import DriverError, Reading, Report
 from drivers.point import PointSpec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
-POLLING = PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
+POLLING = PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0)
 
 
 @dataclass(frozen=True)
