@@ -42,7 +42,7 @@ from sim.cabinet import Cabinet, Scenario
 from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.proxy import LinkProxy, LinkState
-from sim.view import View, agent_status, schedule_line
+from sim.view import View, agent_status, bus_line, schedule_line
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
@@ -336,6 +336,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             )
         view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
         view.extra_lines.append(lambda: schedule_line(agent_status(data) or {}))
+        view.extra_lines.append(lambda: bus_line(agent_status(data) or {}))
         view.extra_lines.append(lambda: console_hint(console.tech_path, data))
         controls = Controls(
             cabinet=cabinet,
