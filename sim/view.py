@@ -445,6 +445,5 @@ def bus_line(status: dict[str, Any]) -> str:
             costly.append((bus.get("timeouts", 0) + bad, f"{name} " + ", ".join(parts)))
     worst = [text for _, text in sorted(costly, key=lambda c: -c[0])[:4]]
     more = f" (+{len(costly) - 4} more)" if len(costly) > 4 else ""
-    return f"bus: {'; '.join(lines) or 'no window yet'} busy" + (
-        " · " + " · ".join(worst) + more if worst else " · every device answering"
-    )
+    busy = f"{'; '.join(lines)} busy" if lines else "utilisation after the first window"
+    return f"bus: {busy} · " + (" · ".join(worst) + more if worst else "every device answering")
