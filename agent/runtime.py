@@ -57,7 +57,7 @@ from agent.watchdog import (
 from drivers.device import Device
 from drivers.driver import BuildContext, Bus
 from drivers.health import DeviceHealth
-from drivers.point import MAX_HEARTBEAT
+from drivers.point import DEFAULT_HEARTBEAT
 from drivers.registry import DRIVERS
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,13 @@ class Agent:
                     name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
                     for name, _, spec in specs
                 },
+                # Sent on change, and like any point at least every heartbeat, but
+                # never more often than a window closes.
                 **{
-                    name: ReportPolicy(deadband=0.0, heartbeat=MAX_HEARTBEAT)
+                    name: ReportPolicy(
+                        deadband=0.0,
+                        heartbeat=max(DEFAULT_HEARTBEAT, config.polling.health_interval),
+                    )
                     for name in health_units
                 },
             },

@@ -32,7 +32,9 @@ class ParseContext:
     ``serial_port(sec, role)`` resolves a serial role of the board (reporting a
     problem under ``sec.path.line`` and returning None when it cannot). ``claims``
     maps what a device occupies (``("modbus-rtu", role, address)``) to the first
-    device that did, as ``(name, index)``, so two devices cannot claim the same.
+    device that did, as ``(name, index)``, so two devices cannot claim the same;
+    ``agreed`` holds settings devices sharing a medium must agree on (:meth:`agree`).
+    ``here`` is the configuration's folder, for relative paths.
     """
 
     name: str
