@@ -183,6 +183,7 @@ def agent_config(
     tail: str = "",
     place: tuple[float, float, str] | None = None,
     board_file: str = "sim",
+    health_interval: float | None = None,
 ) -> str:
     """The gateway configuration for this cabinet, as TOML text.
 
@@ -190,7 +191,8 @@ def agent_config(
     is appended after the devices (``[[lighting]]``, ``[failsafe]`` tables). ``place`` is
     (latitude, longitude, time zone); Dijon by default. ``board_file``: "sim"
     (board/sim.toml: one RS-485 line), or the path of a board written by
-    :func:`sim_board` when the cabinet has more lines.
+    :func:`sim_board` when the cabinet has more lines. ``health_interval``: the bus
+    health window, when not the agent's default.
     """
     latitude, longitude, timezone = place or DIJON
     lines = [
@@ -224,6 +226,7 @@ def agent_config(
         "response_timeout = 0.2",
         "miss_limit = 3",
         "backoff_max = 10.0",
+        *([f"health_interval = {health_interval}"] if health_interval is not None else []),
     ]
     for dev in cabinet.device_table():
         lines += [
