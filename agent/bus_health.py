@@ -8,7 +8,8 @@ out or answers garbage before it fails outright:
 - ``<device>/bus.requests``, ``bus.timeouts``, ``bus.framing_errors`` (CRC, MBAP),
   ``bus.exceptions`` (Modbus exception replies): counts over the window;
 - ``<device>/bus.latency_p50``, ``bus.latency_p99``: ms from request to reply over the
-  window (quality ``comm_fail`` when the device gave no answer in it);
+  window (quality ``comm_fail`` when the device was asked and gave no answer; not
+  updated for a window in which it was not polled);
 - ``bus/<line>.utilisation``: % of the window the line (or TCP connection) spent in
   transactions.
 
@@ -84,6 +85,10 @@ class BusHealthPoints:
             window = health.window()
             for point, field in COUNTS:
                 self._update(f"{device}/{point}", getattr(window, field), t_ms)
+            if not window.requests:
+                # Not polled in this window (a slow poll period): no news, not silence,
+                # which must not read as comm_fail (rules escalate that).
+                continue
             for point, field in LATENCIES:
                 seconds = getattr(window, field)
                 value = None if seconds is None else round(seconds * 1000, 2)

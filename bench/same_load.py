@@ -20,6 +20,7 @@ Ledger) and every reading against the bank's formula. Figures over the window:
 - bytes per reading on the wire, agent -> broker (counted by a TCP proxy).
 
 Usage: .venv/bin/python bench/same_load.py [--quick] [--units 50] [--runs default,fast]
+       [--profile FILE]  (the agent under cProfile: where its CPU goes, top functions)
 Runs: ``default`` (the default batch settings), ``b0.1`` (batch_interval = 0.1),
 ``fast`` (batch_interval = telemetry_delay = 0.1). Prints a summary per run and, last,
 one JSON line. Not a pass/fail test.
@@ -32,6 +33,8 @@ import asyncio
 import itertools
 import json
 import os
+import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +93,25 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @dataclass
+class ProfiledAgent(AgentProcess):
+    """The agent under cProfile, writing its statistics to ``profile`` when it stops."""
+
+    def __init__(self, config: Path, log_path: Path, profile: Path) -> None:
+        super().__init__(config, log_path)
+        self.profile = profile
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "cProfile", "-o", str(self.profile)],
+                *["-m", "agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+
 class Verifier:
     """Checks every reading against the bank it came from; counts what arrives when."""
 
@@ -155,7 +177,11 @@ async def subscribe(broker_url: str, verifier: Verifier, ready: asyncio.Event) -
 
 
 async def race(
-    units: int, settings: dict[str, float], warmup: float, window: float
+    units: int,
+    settings: dict[str, float],
+    warmup: float,
+    window: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="armoire-same-load-") as tmp:
         data = Path(tmp)
@@ -174,7 +200,11 @@ async def race(
                 ready = asyncio.Event()
                 subscriber = asyncio.create_task(subscribe(broker.url, verifier, ready))
                 await ready.wait()
-                agent = AgentProcess(config, data / "agent.log")
+                agent = (
+                    AgentProcess(config, data / "agent.log")
+                    if profile is None
+                    else ProfiledAgent(config, data / "agent.log", profile)
+                )
                 await agent.start()
                 assert agent.proc is not None
                 pid = agent.proc.pid
@@ -225,13 +255,14 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--quick", action="store_true", help="5 s warm-up, 15 s window")
+    parser.add_argument("--profile", type=Path, help="run the agent under cProfile, stats here")
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.seconds = 5.0, 15.0
     results = []
     for units in args.units:
         for run in args.runs.split(","):
-            result = asyncio.run(race(units, RUNS[run], args.warmup, args.seconds))
+            result = asyncio.run(race(units, RUNS[run], args.warmup, args.seconds, args.profile))
             result["run"] = run
             results.append(result)
             print(
@@ -248,6 +279,9 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    if args.profile is not None:
+        # The whole run (start-up included), by own time: where the CPU goes.
+        pstats.Stats(str(args.profile), stream=sys.stderr).sort_stats("tottime").print_stats(25)
     print(json.dumps(results))
     return 0
 

@@ -91,12 +91,17 @@ async def test_publish__points_every_interval_on_the_fake_clock() -> None:
         assert value("lamp-01/bus.timeouts") == 1
         assert value("lamp-01/bus.latency_p99") == 12.5
         assert value(line_point("rs485_1")) == 10.0
+        # A window without a poll says nothing of latency...
         io_time[0] = 120.0
+        await clock.advance(60)
+        assert value("lamp-01/bus.requests") == 0
+        assert value("lamp-01/bus.latency_p99") == 12.5
+        # ... one whose polls all went unanswered says the device is silent.
+        device.record(Outcome.TIMEOUT)
         await clock.advance(60)
         silent = points.get("lamp-01/bus.latency_p50")
         assert silent is not None
         assert (silent.value, silent.quality) == (None, Quality.COMM_FAIL)
-        assert value("lamp-01/bus.requests") == 0
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
