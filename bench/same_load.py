@@ -14,8 +14,9 @@ subscriber verifies every Telemetry message with the gateway's key (central/post
 Ledger) and every reading against the bank's formula. Figures over the window:
 
 - agent RSS (MB) and threads, CPU-seconds per 10,000 readings delivered;
-- readings delivered and verified per second, and any lost (a poll number missing,
-  or a poll with fewer than 10 registers delivered), or wrong;
+- readings delivered and verified per second; poll numbers missing at the subscriber
+  (a read the agent did not deliver: failed polls, counted by the agent, are reads
+  whose reply never came), and readings that do not match their bank (wrong);
 - latency read -> broker (subscriber arrival - reading time) p50/p99;
 - bytes per reading on the wire, agent -> broker (counted by a TCP proxy).
 
@@ -92,7 +93,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-@dataclass
 class ProfiledAgent(AgentProcess):
     """The agent under cProfile, writing its statistics to ``profile`` when it stops."""
 
@@ -112,6 +112,7 @@ class ProfiledAgent(AgentProcess):
             )
 
 
+@dataclass
 class Verifier:
     """Checks every reading against the bank it came from; counts what arrives when."""
 
@@ -222,6 +223,10 @@ async def race(
                     elapsed = time.monotonic() - t0
                     cpu1, rss, threads = proc_figures(pid)
                     sent = link.statistics().bytes_up - bytes0
+                    # Polls that failed (a timeout): the bank counted the read, the agent
+                    # got no reply; told apart from readings lost after a good poll.
+                    status = json.loads((data / "status.json").read_text())
+                    failed = sum(d["failures"] for d in status["devices"].values())
                 finally:
                     await agent.stop()
                     subscriber.cancel()
@@ -241,6 +246,7 @@ async def race(
         "offered_per_s": units * REGISTERS,
         "wrong": verifier.wrong,
         "lost_polls": verifier.lost_polls(),
+        "failed_polls": failed,
         "latency_p50_s": round(percentile(verifier.latencies, 0.50), 3) if delivered else None,
         "latency_p99_s": round(percentile(verifier.latencies, 0.99), 3) if delivered else None,
         "bytes_per_reading": round(sent / delivered, 1) if delivered else None,
@@ -273,7 +279,8 @@ def main() -> int:
                 f"({result['cpu_pct']} % of a core)\n"
                 f"  readings/s {result['delivered_per_s']} delivered, "
                 f"{result['verified_per_s']} verified (offered {result['offered_per_s']}); "
-                f"lost polls {result['lost_polls']}, wrong {result['wrong']}\n"
+                f"poll numbers missing {result['lost_polls']} (failed polls "
+                f"{result['failed_polls']}), wrong {result['wrong']}\n"
                 f"  latency read->broker p50 {result['latency_p50_s']} s, "
                 f"p99 {result['latency_p99_s']} s; {result['bytes_per_reading']} bytes/reading",
                 file=sys.stderr,
