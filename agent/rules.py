@@ -515,6 +515,8 @@ class RulesEngine:
         self._matches: dict[tuple[str, str], list[str]] = {}  # (pattern, device) -> names
         # Which rules a point name concerns, computed once per new name.
         self._concerns: dict[str, list[Rule]] = {}
+        # Of those, the rules that compare the point's value (not only its quality).
+        self._by_value: dict[str, list[Rule]] = {}
         self._work: deque[Work] = deque()
         self._wake = asyncio.Event()
         self.stats = _Stats()
@@ -551,11 +553,17 @@ class RulesEngine:
         rules = self._concerns.get(name)
         if rules is None:
             rules = self._concerns[name] = [r for r in self.rules if _mentions(r, name)]
+            self._by_value[name] = [r for r in rules if _mentions(r, name, values_only=True)]
             self._known.add(name)
             self._matches.clear()
             for rule in rules:
                 if rule.per_device and rule.subject and fnmatchcase(name, rule.subject):
                     self._instance(rule, _device_of(name))
+        if previous is not None and previous.quality == sample.quality:
+            # Terms that look only at this point's quality cannot have changed: only
+            # rules comparing its value need a look (timers are the tick's business).
+            # This spares "*/*" quality rules an evaluation per reading.
+            rules = self._by_value.get(name) or []
         device = _device_of(name)
         for rule in rules:
             instance = self._instances.get(
@@ -765,9 +773,10 @@ def _device_of(point: str) -> str:
     return point.partition("/")[0]
 
 
-def _mentions(rule: Rule, name: str) -> bool:
+def _mentions(rule: Rule, name: str, *, values_only: bool = False) -> bool:
+    kinds = PointTerm if values_only else PointTerm | QualityTerm
     return any(
-        isinstance(t, PointTerm | QualityTerm) and fnmatchcase(name, t.point)
+        isinstance(t, kinds) and fnmatchcase(name, t.point)
         for t in (*rule.when, *rule.unless, *rule.clear)
     )
 

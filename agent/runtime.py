@@ -20,6 +20,7 @@ from typing import Any
 from agent import __version__, config_apply
 from agent.arbiter import Arbiter, Priority
 from agent.autonomy import Autonomy
+from agent.bus_health import BusHealthPoints
 from agent.clock import Clock, SystemClock, wall_ms
 from agent.clock_trust import STATE_FILE as CLOCK_FILE
 from agent.clock_trust import ClockTrust
@@ -53,8 +54,11 @@ from agent.watchdog import (
     previous_kernel,
     reboot_cause,
 )
-from drivers.modbus.transport import RtuTransport
-from drivers.profile import encode, in_range
+from drivers.device import Device
+from drivers.driver import BuildContext, Bus
+from drivers.health import DeviceHealth
+from drivers.point import DEFAULT_HEARTBEAT
+from drivers.registry import DRIVERS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,12 @@ STATUS_FILE = "status.json"
 STATUS_PERIOD = 2.0
 # On shutdown, how long to keep forwarding what is queued while the link is up.
 DRAIN_ON_EXIT = 3.0
+
+
+def health_of(device: Device) -> DeviceHealth | None:
+    """The bus health a driver counts for ``device``, if it does (Modbus does)."""
+    health = getattr(device, "health", None)
+    return health if isinstance(health, DeviceHealth) else None
 
 
 class StartupError(Exception):
@@ -136,11 +146,53 @@ class Agent:
         self.outbox.eviction_reporter = self.events.evicted
         self.points = Points()
         specs = config.points()
+        # The media devices share (serial lines, TCP connections), by key.
+        self.buses: dict[str, Bus] = {}
+        build = BuildContext(buses=self.buses, response_timeout=config.polling.response_timeout)
+        # Devices whose comm_fail alarm is still active from an earlier boot.
+        failed = self.outbox.active_alarms
+        self.pollers: list[DevicePoller] = []
+        for device in config.devices:
+            driver = DRIVERS[device.driver]
+            self.pollers.append(
+                DevicePoller(
+                    device=device,
+                    driver=driver.build(device.name, device.profile, device.settings, build),
+                    points=self.points,
+                    clock=clock,
+                    polling=config.polling,
+                    on_link_change=self.events.device_link,
+                    assume_failed=("device.comm_fail", device.name) in failed,
+                )
+            )
+        self.bus_health = BusHealthPoints(
+            devices={
+                p.device.name: health
+                for p in self.pollers
+                if (health := health_of(p.driver)) is not None
+            },
+            lines={key: bus.health for key, bus in self.buses.items()},
+            points=self.points,
+            clock=clock,
+            interval=config.polling.health_interval,
+        )
+        health_units = self.bus_health.units()
         self.reporter = Reporter(
             points=self.points,
             policies={
-                name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
-                for name, _, spec in specs
+                **{
+                    name: ReportPolicy(deadband=spec.deadband, heartbeat=spec.heartbeat)
+                    for name, _, spec in specs
+                },
+                # Sent on change, and like any point at least every heartbeat, but
+                # never more often than a window closes.
+                **{
+                    name: ReportPolicy(
+                        deadband=0.0,
+                        heartbeat=max(DEFAULT_HEARTBEAT, config.polling.health_interval),
+                    )
+                    for name in health_units
+                },
             },
             outbox=self.outbox,
             factory=self.factory,
@@ -149,32 +201,6 @@ class Agent:
             telemetry_delay=config.storage.telemetry_delay,
             batch_max=config.storage.batch_max,
         )
-        self.transports: dict[str, RtuTransport] = {}
-        # Devices whose comm_fail alarm is still active from an earlier boot.
-        failed = self.outbox.active_alarms
-        self.pollers: list[DevicePoller] = []
-        for device in config.devices:
-            port = device.line
-            if port.role not in self.transports:
-                self.transports[port.role] = RtuTransport(
-                    str(port.device),
-                    baudrate=port.baudrate,
-                    bytesize=port.bytesize,
-                    parity=port.parity,
-                    stopbits=port.stopbits,
-                    response_timeout=config.polling.response_timeout,
-                )
-            self.pollers.append(
-                DevicePoller(
-                    device=device,
-                    transport=self.transports[port.role],
-                    points=self.points,
-                    clock=clock,
-                    polling=config.polling,
-                    on_link_change=self.events.device_link,
-                    assume_failed=("device.comm_fail", device.name) in failed,
-                )
-            )
         self._pollers = {p.device.name: p for p in self.pollers}
         # Commandable points: writable points with a relinquish default in their profile.
         self._writable = {
@@ -241,7 +267,10 @@ class Agent:
             outbox=self.outbox,
             factory=self.factory,
             clock=clock,
-            birth_points={name: (spec.unit, spec.writable) for name, _, spec in specs},
+            birth_points={
+                **{name: (spec.unit, spec.writable) for name, _, spec in specs},
+                **{name: (unit, False) for name, unit in health_units.items()},
+            },
             config_digest=config.digest,
             agent_version=__version__,
             subscriptions=(Topic.CMD, Topic.TRUST),
@@ -432,18 +461,7 @@ class Agent:
         await self._pollers[device].write(name, value)
 
     def _check_value(self, point: str, value: object) -> str | None:
-        spec = self._writable[point]
-        if spec.type == "bool":
-            return None if isinstance(value, bool) else f"{point} takes true or false"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{point} takes a number"
-        if not in_range(spec, value):
-            return f"{point}: {value} is outside {spec.minimum}..{spec.maximum}"
-        try:
-            encode(spec, value)
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return self._writable[point].write_problem(value, label=point)
 
     async def _ping(self, cmd: Command) -> Any:
         return {"t": wall_ms(self.clock), "boot": self.outbox.boot}
@@ -479,22 +497,20 @@ class Agent:
             "devices": {
                 p.device.name: {
                     "state": p.state.value,
-                    "line": p.device.line.role,
+                    "line": p.device.bus,
                     "polls": p.polls,
                     "failures": p.failures,
                     "last_poll": p.last_poll_ms,
                     "last_answer": p.last_answer_ms,
+                    **(
+                        {"bus": health.statistics()}
+                        if (health := health_of(p.driver)) is not None
+                        else {}
+                    ),
                 }
                 for p in self.pollers
             },
-            "lines": {
-                role: {
-                    "port": t.port,
-                    "open": t.is_open,
-                    "error": t.closed_reason,
-                }
-                for role, t in self.transports.items()
-            },
+            "lines": {key: bus.status() for key, bus in self.buses.items()},
             "alarms": [{"code": c, "src": s} for c, s in sorted(self.outbox.active_alarms)],
             "holds": self._holds(now),
             "failsafe": self._failsafe_status(),
@@ -560,14 +576,8 @@ class Agent:
         # there; the "line[...]" tasks keep retrying the others with backoff and
         # reopen a line that goes away later. Meanwhile their devices are missed
         # (comm_fail) and everything else runs on.
-        for role, transport in self.transports.items():
-            if not await transport.try_open():
-                log.error(
-                    "serial line %s unavailable at start: %s; its devices count as silent "
-                    "until it opens",
-                    role,
-                    transport.last_error,
-                )
+        for bus in self.buses.values():
+            await bus.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
@@ -607,6 +617,7 @@ class Agent:
                     run("arbiter", self.arbiter.run),
                     run("downlink.summaries", self.downlink.run),
                     run("loop_lag", self.loop_lag.run),
+                    run("bus_health", self.bus_health.run),
                     run("rules", self.rules.run),
                     run("lighting", self.lighting.run),
                     run("clock", self.clock_trust.run),
@@ -615,10 +626,7 @@ class Agent:
                     run("console", self.console.run),
                     tg.create_task(self._probation(), name="config.probation"),
                 ]
-                others += [
-                    run(f"line[{role}]", transport.keep_open)
-                    for role, transport in self.transports.items()
-                ]
+                others += [run(f"line[{key}]", bus.run) for key, bus in self.buses.items()]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
                 others += [
@@ -643,8 +651,10 @@ class Agent:
             self.watchdog.close(clean=clean, restarting=self.restart_requested)
             self.clock_trust.close()
             self.write_status()
-            for transport in self.transports.values():
-                await transport.close()
+            for poller in self.pollers:
+                await poller.driver.close()
+            for bus in self.buses.values():
+                await bus.close()
             self.outbox.close()
             self.instance.release()
 

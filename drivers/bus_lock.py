@@ -19,16 +19,22 @@ ROUTINE = 10  # periodic polls
 
 
 class PriorityLock:
-    """``async with lock.hold(priority):`` — FIFO within a priority level."""
+    """``async with lock.hold(priority):`` — FIFO within a priority level.
 
-    def __init__(self) -> None:
-        self._locked = False
+    ``slots`` holders at once (default 1, a lock): a Modbus TCP connection may carry
+    several transactions in flight, still served writes first.
+    """
+
+    def __init__(self, slots: int = 1) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._free = slots
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     @property
     def locked(self) -> bool:
-        return self._locked
+        return self._free == 0
 
     @asynccontextmanager
     async def hold(self, priority: int = ROUTINE) -> AsyncIterator[None]:
@@ -39,8 +45,8 @@ class PriorityLock:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
-        if not self._locked and not self._waiters:
-            self._locked = True
+        if self._free and not self._waiters:
+            self._free -= 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
@@ -48,7 +54,7 @@ class PriorityLock:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                # Granted just as we were cancelled: pass the lock on.
+                # Granted just as we were cancelled: pass the slot on.
                 self._release()
             raise
 
@@ -56,6 +62,6 @@ class PriorityLock:
         while self._waiters:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
-                fut.set_result(None)  # ownership passes directly; _locked stays True
+                fut.set_result(None)  # the slot passes directly; _free stays as it is
                 return
-        self._locked = False
+        self._free += 1

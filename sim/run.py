@@ -43,7 +43,7 @@ from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.lifetime import tied_to_parent
 from sim.proxy import LinkProxy, LinkState
-from sim.view import View, agent_status, schedule_line
+from sim.view import View, agent_status, bus_line, schedule_line
 
 GATEWAY_ID = "cab-sim-0001"
 LINE_ROLE = "rs485_1"
@@ -184,6 +184,7 @@ def agent_config(
     tail: str = "",
     place: tuple[float, float, str] | None = None,
     board_file: str = "sim",
+    health_interval: float | None = None,
 ) -> str:
     """The gateway configuration for this cabinet, as TOML text.
 
@@ -191,7 +192,8 @@ def agent_config(
     is appended after the devices (``[[lighting]]``, ``[failsafe]`` tables). ``place`` is
     (latitude, longitude, time zone); Dijon by default. ``board_file``: "sim"
     (board/sim.toml: one RS-485 line), or the path of a board written by
-    :func:`sim_board` when the cabinet has more lines.
+    :func:`sim_board` when the cabinet has more lines. ``health_interval``: the bus
+    health window, when not the agent's default.
     """
     latitude, longitude, timezone = place or DIJON
     lines = [
@@ -225,6 +227,7 @@ def agent_config(
         "response_timeout = 0.2",
         "miss_limit = 3",
         "backoff_max = 10.0",
+        *([f"health_interval = {health_interval}"] if health_interval is not None else []),
     ]
     for dev in cabinet.device_table():
         lines += [
@@ -338,6 +341,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             )
         view = View(sys.stdout, gw=GATEWAY_ID, broker=broker_url, data=data)
         view.extra_lines.append(lambda: schedule_line(agent_status(data) or {}))
+        view.extra_lines.append(lambda: bus_line(agent_status(data) or {}))
         view.extra_lines.append(lambda: console_hint(console.tech_path, data))
         controls = Controls(
             cabinet=cabinet,

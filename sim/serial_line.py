@@ -10,6 +10,8 @@ the place where wire faults are injected at run time:
 * :meth:`~VirtualSerialLine.corrupt_next` flips one bit in the next replies, so
   their CRC fails;
 * :meth:`~VirtualSerialLine.delay` holds replies back (a slow device);
+* :meth:`~VirtualSerialLine.babble` makes one unit answer every request with
+  garbage (a device with a broken firmware or a wrong baud rate);
 * ``baudrate`` paces delivery to the wire speed.
 
 A pty moves bytes in chunks whose boundaries the kernel chooses, so a "reply"
@@ -210,6 +212,8 @@ class VirtualSerialLine:
         self._reply_expected = False
         self._dropped = 0
         self._corrupted = 0
+        self._babblers: dict[int, bytes] = {}
+        self.babbled = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -300,6 +304,19 @@ class VirtualSerialLine:
             raise ValueError(f"delay must be >= 0, got {seconds}")
         self._reply_delay = seconds
 
+    def babble(self, unit: int, garbage: bytes | None) -> None:
+        """Answer every request addressed to ``unit`` with ``garbage`` (None: stop).
+
+        The relay answers itself, so the unit must have no device answering on the
+        line (powered off, or none). A request is recognised by its first byte, the
+        unit address (serial spec §2.5.1): a pty delivers a request frame in one
+        chunk, which is all this needs.
+        """
+        if garbage is None:
+            self._babblers.pop(unit, None)
+        else:
+            self._babblers[unit] = garbage
+
     @property
     def baudrate(self) -> int | None:
         """Wire speed used for pacing, or ``None`` for instant delivery."""
@@ -335,6 +352,13 @@ class VirtualSerialLine:
         self._reply_expected = True
         assert self._to_device is not None
         self._to_device.send(data, delay=0.0, baudrate=self._baudrate)
+        garbage = self._babblers.get(data[0])
+        if garbage is not None:
+            self.babbled += 1
+            # It answers once it has heard the request go by on the wire.
+            heard = len(data) * BITS_PER_CHAR / self._baudrate if self._baudrate else 0.0
+            assert self._to_agent is not None
+            self._to_agent.send(garbage, delay=heard + self._reply_delay, baudrate=self._baudrate)
 
     def _on_device_readable(self) -> None:
         data = self._read(self._device_master)

@@ -223,7 +223,10 @@ class View:
                 by_device.setdefault(device, {})[name] = reading
         now = time.time() * 1000
         for name in devices:
-            readings = by_device.get(name, {})
+            # Bus health points (bus.timeouts...) have their own status line.
+            readings = {
+                k: r for k, r in by_device.get(name, {}).items() if not k.startswith("bus.")
+            }
             ordered = sorted(readings.items(), key=lambda kv: (_rank(kv[0]), kv[0]))
             values = "  ".join(f"{k}={_fmt(r.value)}" for k, r in ordered)
             if not readings:
@@ -414,3 +417,33 @@ def schedule_line(status: dict[str, Any]) -> str:
     return f"fail-safe: mode {failsafe.get('mode', '?')}  clock {clock}  schedule " + (
         "; ".join(groups) or "none"
     )
+
+
+def bus_line(status: dict[str, Any]) -> str:
+    """One line of the agent's bus health (status.json): each line's utilisation over the
+    last window, then the devices that cost something since the agent started (timeouts,
+    bad replies, exceptions), worst first."""
+    lines = [
+        f"{role} {line['utilisation_pct']} %"
+        for role, line in (status.get("lines") or {}).items()
+        if line.get("utilisation_pct") is not None
+    ]
+    costly = []
+    for name, device in (status.get("devices") or {}).items():
+        bus = device.get("bus") or {}
+        bad = bus.get("framing_errors", 0) + bus.get("other_errors", 0)
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (bus.get("timeouts", 0), "timeouts"),
+                (bad, "bad replies"),
+                (bus.get("exceptions", 0), "exceptions"),
+            )
+            if n
+        ]
+        if parts:
+            costly.append((bus.get("timeouts", 0) + bad, f"{name} " + ", ".join(parts)))
+    worst = [text for _, text in sorted(costly, key=lambda c: -c[0])[:4]]
+    more = f" (+{len(costly) - 4} more)" if len(costly) > 4 else ""
+    busy = f"{'; '.join(lines)} busy" if lines else "utilisation after the first window"
+    return f"bus: {busy} · " + (" · ".join(worst) + more if worst else "every device answering")

@@ -64,7 +64,9 @@ __all__ = [
     "WrongFunction",
     "WrongUnit",
     "crc16",
+    "encode_pdu",
     "encode_request",
+    "parse_pdu",
 ]
 
 # --- Limits -----------------------------------------------------------------
@@ -350,29 +352,28 @@ Request: TypeAlias = (
 )
 
 
-def encode_request(request: Request) -> bytes:
-    """The complete RTU frame (unit, PDU, CRC) for ``request``."""
+def encode_pdu(request: Request) -> bytes:
+    """The PDU (function code and data, app spec §4.1) of ``request``: what RTU and TCP share."""
     match request:
         case ReadHoldingRegisters() | ReadInputRegisters():
-            body = struct.pack(
-                ">BBHH", request.unit, request.function, request.address, request.count
-            )
+            return struct.pack(">BHH", request.function, request.address, request.count)
         case WriteSingleRegister():
-            body = struct.pack(
-                ">BBHH", request.unit, request.function, request.address, request.value
-            )
+            return struct.pack(">BHH", request.function, request.address, request.value)
         case WriteMultipleRegisters():
             count = len(request.values)
-            body = struct.pack(
-                f">BBHHB{count}H",
-                request.unit,
+            return struct.pack(
+                f">BHHB{count}H",
                 request.function,
                 request.address,
                 count,
                 2 * count,
                 *request.values,
             )
-    return _with_crc(body)
+
+
+def encode_request(request: Request) -> bytes:
+    """The complete RTU frame (unit, PDU, CRC) for ``request``."""
+    return _with_crc(bytes((request.unit,)) + encode_pdu(request))
 
 
 # --- Responses ------------------------------------------------------------------
@@ -542,60 +543,87 @@ class ResponseDecoder:
                 function=function,
                 received_unit=frame[0],
             )
-        outcome: Response | ExceptionResponse
-        if frame[1] == function | EXCEPTION_FLAG:
-            code = frame[2]
-            if code == 0:
-                raise self._malformed("exception response with exception code 0")
-            outcome = ExceptionResponse(unit=unit, function=function, exception_code=code)
-        elif frame[1] != function:
-            raise WrongFunction(
-                f"reply carries function 0x{frame[1]:02X} (frame {frame.hex(' ')})",
-                unit=unit,
-                function=function,
-                received_function=frame[1],
-            )
-        else:
-            outcome = self._parse_body(frame)
+        try:
+            outcome = parse_pdu(request, frame[1:-_CRC_LENGTH], frame=frame)
+        except ExceptionResponse:
+            # Bytes after an exception frame make the whole reply malformed.
+            self._check_no_trailing(length)
+            raise
         self._check_no_trailing(length)
-        if isinstance(outcome, ExceptionResponse):
-            raise outcome
         self._response = outcome
         self._frame_length = length
         return outcome
 
-    def _parse_body(self, frame: bytes) -> Response:
-        """Check the PDU of a reply whose CRC, unit and function are right."""
-        request = self._request
-        match request:
-            case ReadHoldingRegisters() | ReadInputRegisters():
-                byte_count = frame[2]
-                if byte_count != 2 * request.count:
-                    raise self._malformed(
-                        f"byte count {byte_count}, expected {2 * request.count} "
-                        f"for {request.count} register(s)",
-                    )
-                values = struct.unpack_from(f">{request.count}H", frame, _READ_HEADER_LENGTH)
-                return RegistersRead(
-                    unit=request.unit,
-                    function=request.function,
-                    address=request.address,
-                    values=values,
-                )
-            case WriteSingleRegister():
-                address, value = struct.unpack_from(">HH", frame, 2)
-                self._check_echo("address", address, request.address)
-                self._check_echo("value", value, request.value)
-                return RegisterWritten(unit=request.unit, address=address, value=value)
-            case WriteMultipleRegisters():
-                address, count = struct.unpack_from(">HH", frame, 2)
-                self._check_echo("address", address, request.address)
-                self._check_echo("count", count, request.count)
-                return RegistersWritten(unit=request.unit, address=address, count=count)
 
-    def _check_echo(self, field: str, received: int, sent: int) -> None:
-        if received != sent:
-            raise self._malformed(
-                f"write echo {field} is {received} (0x{received:04X}), "
-                f"we wrote {sent} (0x{sent:04X})",
+# Shapes of a reply's PDU (app spec §6.3, §6.4, §6.6, §6.12, §7): function + exception
+# code; function + byte count + registers; function + address + value or quantity.
+_EXCEPTION_PDU_LENGTH: Final = 2
+_READ_PDU_OVERHEAD: Final = 2
+_WRITE_ECHO_PDU_LENGTH: Final = 5
+
+
+def parse_pdu(request: Request, pdu: bytes, *, frame: bytes | None = None) -> Response:
+    """The response to ``request`` carried by ``pdu`` (function code and data).
+
+    Shared by the RTU decoder and MBAP (TCP) framing; both have already checked that the
+    frame is whole and comes from the request's unit. Raises :class:`ExceptionResponse`
+    for a Modbus exception, :class:`WrongFunction`, or :class:`MalformedResponse` (wrong
+    length or byte count, a write echo differing from what we wrote). ``frame``, the
+    whole frame, is shown in messages (default: the PDU).
+    """
+    unit, function = request.unit, request.function
+    shown = (pdu if frame is None else frame).hex(" ")
+
+    def malformed(message: str) -> MalformedResponse:
+        return MalformedResponse(message, unit=unit, function=function)
+
+    if not pdu:
+        raise malformed("empty PDU")
+    if pdu[0] == function | EXCEPTION_FLAG:
+        if len(pdu) != _EXCEPTION_PDU_LENGTH:
+            raise malformed(f"exception PDU of {len(pdu)} bytes, expected 2 ({shown})")
+        if pdu[1] == 0:
+            raise malformed("exception response with exception code 0")
+        raise ExceptionResponse(unit=unit, function=function, exception_code=pdu[1])
+    if pdu[0] != function:
+        raise WrongFunction(
+            f"reply carries function 0x{pdu[0]:02X} (frame {shown})",
+            unit=unit,
+            function=function,
+            received_function=pdu[0],
+        )
+    match request:
+        case ReadHoldingRegisters() | ReadInputRegisters():
+            byte_count = pdu[1] if len(pdu) > 1 else 0
+            if byte_count != 2 * request.count:
+                raise malformed(
+                    f"byte count {byte_count}, expected {2 * request.count} "
+                    f"for {request.count} register(s)",
+                )
+            if len(pdu) != _READ_PDU_OVERHEAD + byte_count:
+                raise malformed(
+                    f"PDU of {len(pdu)} bytes, expected {_READ_PDU_OVERHEAD + byte_count} ({shown})"
+                )
+            values = struct.unpack_from(f">{request.count}H", pdu, _READ_PDU_OVERHEAD)
+            return RegistersRead(
+                unit=unit, function=function, address=request.address, values=values
             )
+        case WriteSingleRegister() | WriteMultipleRegisters():
+            if len(pdu) != _WRITE_ECHO_PDU_LENGTH:
+                raise malformed(f"write echo of {len(pdu)} bytes, expected 5 ({shown})")
+            address, second = struct.unpack_from(">HH", pdu, 1)
+            _check_echo(request, "address", address, request.address)
+            if isinstance(request, WriteSingleRegister):
+                _check_echo(request, "value", second, request.value)
+                return RegisterWritten(unit=unit, address=address, value=second)
+            _check_echo(request, "count", second, request.count)
+            return RegistersWritten(unit=unit, address=address, count=second)
+
+
+def _check_echo(request: Request, field: str, received: int, sent: int) -> None:
+    if received != sent:
+        raise MalformedResponse(
+            f"write echo {field} is {received} (0x{received:04X}), we wrote {sent} (0x{sent:04X})",
+            unit=request.unit,
+            function=request.function,
+        )

@@ -32,6 +32,7 @@ import serial
 import serial_asyncio_fast
 
 from drivers.bus_lock import ROUTINE, PriorityLock
+from drivers.health import DeviceHealth, LineHealth, Outcome
 from drivers.modbus.codec import (
     NEED_DATA,
     CrcError,
@@ -166,11 +167,11 @@ class RtuTransport:
         self,
         port: str,
         *,
-        baudrate: int = 19200,
-        bytesize: int = 8,
-        parity: str = "E",
-        stopbits: int = 1,
-        response_timeout: float = 0.5,
+        baudrate: int,
+        parity: str,
+        stopbits: int,
+        response_timeout: float,
+        bytesize: int = RTU_BYTESIZE,
     ) -> None:
         if baudrate <= 0:
             raise LocalProtocolError(f"baudrate must be positive, got {baudrate}")
@@ -200,6 +201,9 @@ class RtuTransport:
         self._line: _Line | None = None
         # When the last byte we wrote is expected to have left the wire.
         self._last_tx_end = -math.inf
+        self._health: dict[int, DeviceHealth] = {}
+        self.line_health = LineHealth()
+        self._sent_at = 0.0
         self._stats = {
             "transactions": 0,
             "responses": 0,
@@ -427,31 +431,56 @@ class RtuTransport:
                         f"serial port {self._port} is not open ({_reason(self._last_error)})"
                     )
                 raise LocalProtocolError(f"{self._port} is not open")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            health = self.device_health(request.unit)
             try:
                 response = await self._transact_locked(transport, line, request)
             except LineBusy:
                 # Nothing was sent, and we just spent the timeout waiting for quiet.
                 self._stats["other_errors"] += 1
+                health.record(Outcome.OTHER)
                 raise
             except RemoteProtocolError as exc:
-                self._count(exc)
+                outcome = self._count(exc)
+                health.record(
+                    outcome,
+                    loop.time() - self._sent_at if outcome is Outcome.EXCEPTION else None,
+                )
                 # Let the rest of a bad or late reply pass, so the next
                 # transaction starts on a quiet line.
                 await self._wait_for_silence(line)
                 raise
+            except ConnectionError:
+                health.record(Outcome.OTHER)
+                raise
+            finally:
+                self.line_health.add_busy(loop.time() - started)
             self._stats["responses"] += 1
+            health.record(Outcome.ANSWERED, loop.time() - self._sent_at)
             return response
 
-    def _count(self, exc: RemoteProtocolError) -> None:
+    def device_health(self, unit: int) -> DeviceHealth:
+        """The bus health of the device at ``unit`` on this line (created on first use)."""
+        health = self._health.get(unit)
+        if health is None:
+            health = self._health[unit] = DeviceHealth()
+        return health
+
+    def _count(self, exc: RemoteProtocolError) -> Outcome:
         match exc:
             case NoResponse() | TruncatedResponse():
                 self._stats["timeouts"] += 1
+                return Outcome.TIMEOUT
             case CrcError():
                 self._stats["crc_errors"] += 1
+                return Outcome.FRAMING
             case ExceptionResponse():
                 self._stats["exception_responses"] += 1
+                return Outcome.EXCEPTION
             case _:
                 self._stats["other_errors"] += 1
+                return Outcome.OTHER
 
     async def _transact_locked(
         self, transport: asyncio.Transport, line: _Line, request: Request
@@ -471,6 +500,7 @@ class RtuTransport:
         line.listening = True
         try:
             transport.write(frame)
+            self._sent_at = loop.time()
             self._stats["transactions"] += 1
             # The UART still has to shift the frame out; the device cannot
             # answer before it has heard the last byte.

@@ -79,6 +79,7 @@ async def open_site(
     root_extra: str = "",
     tail: str = "",
     place: tuple[float, float, str] | None = None,
+    health_interval: float | None = None,
 ) -> AsyncIterator[Site]:
     """The ``site`` fixture's gateway, with extra agent configuration."""
     async with contextlib.AsyncExitStack() as stack:
@@ -97,7 +98,14 @@ async def open_site(
         )
         config = tmp_path / "agent.toml"
         config.write_text(
-            agent_config(cabinet, link.url, root_extra=root_extra, tail=tail, place=place)
+            agent_config(
+                cabinet,
+                link.url,
+                root_extra=root_extra,
+                tail=tail,
+                place=place,
+                health_interval=health_interval,
+            )
         )
         central = await stack.enter_async_context(
             CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})

@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 
 from central.post import CentralPost
+from sim.broker import Mosquitto
 from sim.lifetime import tied_to_parent
-from tests.integration.conftest import Site
+from tests.integration.conftest import NO_SCHEDULE, Site, open_site
 
 pytestmark = pytest.mark.integration
 
 # Generous: CI machines are slow and share two cores; a pass is usually seconds.
 WAIT_S = 30.0
+
+
+BUS_POINTS = (
+    "requests", "timeouts", "framing_errors", "exceptions", "latency_p50", "latency_p99"
+)  # fmt: skip
 
 
 def _points_seen(central: CentralPost, gw: str) -> set[str]:
@@ -55,7 +61,10 @@ async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     # The Birth is retained and lists every point with its unit and writability.
     birth = site.central.state[site.gw]
     assert birth["online"] is True
-    assert set(birth["points"]) == expected
+    # ... and the bus health points of every device and of the line.
+    health = {f"{d}/bus.{p}" for d in {n.split("/")[0] for n in expected} for p in BUS_POINTS}
+    assert set(birth["points"]) == expected | health | {"bus/rs485_1.utilisation"}
+    assert birth["points"]["lamp-01/bus.latency_p99"] == {"unit": "ms", "w": False}
     assert birth["points"]["lamp-01/level"] == {"unit": "%", "w": True}
     assert birth["points"]["meter/voltage_l1"] == {"unit": "V", "w": False}
 
@@ -182,3 +191,27 @@ async def test_e2e__alarm_state_survives_agent_restart(site: Site) -> None:
     )
     assert alarms(site.central, "lamp-06", "raised") == 1
     assert alarms(site.central, "lamp-05", "raised") == 1
+
+
+async def test_e2e__bus_health_reaches_the_control_room(tmp_path: Path, broker: Mosquitto) -> None:
+    """The control room would not see a device that times out before it fails outright."""
+    async with open_site(tmp_path, broker, root_extra=NO_SCHEDULE, health_interval=2) as site:
+        site.cabinet.power_off("lamp-03")
+        await site.central.wait_for(
+            lambda c: (
+                (_latest(site, "lamp-03/bus.timeouts") or (0, 0))[0] >= 1
+                and _latest(site, "bus/rs485_1.utilisation") is not None
+            ),
+            WAIT_S,
+        )
+        requests = _latest(site, "lamp-01/bus.requests")
+        assert requests is not None
+        assert requests[0] >= 1
+        assert _latest(site, "lamp-01/bus.timeouts") == (0, 0)
+        utilisation = _latest(site, "bus/rs485_1.utilisation")
+        assert utilisation is not None
+        assert 0 < utilisation[0] <= 100
+        status = json.loads((site.data / "status.json").read_text())
+        assert status["devices"]["lamp-03"]["bus"]["timeouts"] >= 1
+        assert status["devices"]["lamp-01"]["bus"]["latency_p99_ms"] > 0
+        assert status["lines"]["rs485_1"]["utilisation_pct"] > 0

@@ -19,6 +19,8 @@ from agent.config import (
     UplinkConfig,
     load_config,
 )
+from drivers.modbus.rtu import RtuSettings
+from drivers.modbus.tcp import TcpSettings
 from drivers.profile import load_profile
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
@@ -111,9 +113,15 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
         batch_max=500,
         capacity_bytes=64 * 2**20,
     )
-    assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
+    assert config.polling == PollingConfig(
+        response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
+    )
     assert config.board == load_board("sim", base_dir=FIXTURES / "sim-data")
-    assert [(d.name, d.line.role, d.address, d.profile.name, d.poll) for d in config.devices] == [
+    assert [
+        (d.name, d.settings.line.role, d.settings.address, d.profile.name, d.poll)
+        for d in config.devices
+        if isinstance(d.settings, RtuSettings)
+    ] == [
         ("lamp-01", "rs485_1", 1, "lamp-ctl", 1.0),
         ("lamp-02", "rs485_1", 2, "lamp-ctl", 1.0),
         ("meter", "rs485_1", 10, "meter-3ph", 5.0),
@@ -122,7 +130,9 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
     ]
     lamp = config.devices[0]
     assert lamp.driver == "modbus-rtu"
-    assert lamp.line.device == FIXTURES / "sim-data" / "dev" / "rs485_1"
+    assert isinstance(lamp.settings, RtuSettings)
+    assert lamp.bus == "rs485_1"
+    assert lamp.settings.line.device == FIXTURES / "sim-data" / "dev" / "rs485_1"
     assert lamp.profile is load_profile("lamp-ctl")
     assert config.devices[4].profile == load_profile("fan-ctl.toml", base_dir=FIXTURES)
 
@@ -160,7 +170,9 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
         batch_max=500,
         capacity_bytes=512 * 2**20,
     )
-    assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
+    assert config.polling == PollingConfig(
+        response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
+    )
     assert config.devices[0].poll == 1.0
     assert config.board.serial["rs485_1"].device == workdir / "dev" / "rs485_1"
 
@@ -207,7 +219,9 @@ def test_load_config__board_by_path_with_base_dir(workdir: Path) -> None:
     config = load_text(edit('file = "sim"', 'file = "boards/mine.toml"\nbase_dir = "run"'))
     assert config.board.name == "mine"
     assert config.board.source == workdir / "boards" / "mine.toml"
-    assert config.devices[0].line.device == workdir / "run" / "dev" / "rs485_1"
+    settings = config.devices[0].settings
+    assert isinstance(settings, RtuSettings)
+    assert settings.line.device == workdir / "run" / "dev" / "rs485_1"
 
 
 # ------------------------------------------------------------------ one mistake, one line
@@ -307,8 +321,8 @@ CASES = [
         id="line-is-the-console",
     ),
     pytest.param(
-        edit('driver = "modbus-rtu"', 'driver = "modbus-tcp"'),
-        'devices[0].driver: expected one of "modbus-rtu", got "modbus-tcp"; '
+        edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
+        'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", got "modbus-rtv"; '
         'did you mean "modbus-rtu"?',
         id="driver",
     ),
@@ -634,3 +648,67 @@ def test_load_config__log_level_mistake_suggests_the_level(workdir: Path) -> Non
         'gateway.toml: log.level: expected one of "DEBUG", "INFO", "WARNING", "ERROR", '
         'got "WARN"; did you mean "WARNING"?'
     ]
+
+
+TCP_DEVICES = """
+[[devices]]
+name = "plc-1"
+driver = "modbus-tcp"
+host = "10.0.0.5"
+address = 1
+profile = "meter-3ph"
+
+[[devices]]
+name = "plc-2"
+driver = "modbus-tcp"
+host = "10.0.0.5"
+port = 5020
+address = 1
+inflight = 4
+profile = "meter-3ph"
+"""
+
+
+def test_load_config__modbus_tcp_devices(workdir: Path) -> None:
+    """A meter on the LAN would be unreachable or polled at the wrong server."""
+    config = load_text(BASE + TCP_DEVICES)
+    plc1, plc2 = config.devices[2:]
+    assert plc1.settings == TcpSettings(host="10.0.0.5", port=502, address=1, inflight=1)
+    assert plc2.settings == TcpSettings(host="10.0.0.5", port=5020, address=1, inflight=4)
+    assert (plc1.bus, plc2.bus) == ("10.0.0.5:502", "10.0.0.5:5020")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        pytest.param(
+            TCP_DEVICES.replace("port = 5020\n", ""),
+            'devices[3].inflight: 4 differs from 1 set by "plc-1" (devices[2]) on the '
+            "same connection",
+            id="inflight-disagrees",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace("port = 5020\n", "").replace("inflight = 4\n", ""),
+            'devices[3].address: unit 1 on 10.0.0.5:502 is already used by "plc-1" (devices[2])',
+            id="unit-taken",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace('host = "10.0.0.5"\naddress', 'host = "plc one"\naddress', 1),
+            'devices[2].host: expected a host name or an IP address, got "plc one"',
+            id="bad-host",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace('host = "10.0.0.5"\naddress', 'line = "rs485_1"\naddress', 1),
+            "devices[2].host: missing required key; expected a host name or an IP address",
+            id="rtu-key-on-a-tcp-device",
+        ),
+        pytest.param(
+            TCP_DEVICES.replace("inflight = 4", "inflight = 17"),
+            "devices[3].inflight: expected an integer 1..16, got 17",
+            id="inflight-range",
+        ),
+    ],
+)
+def test_load_config__modbus_tcp_mistakes(workdir: Path, text: str, error: str) -> None:
+    """Each driver checks its own keys, in the configuration's error style."""
+    assert f"gateway.toml: {error}" in errors_of(BASE + text)

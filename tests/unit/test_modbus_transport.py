@@ -18,6 +18,7 @@ import struct
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 
@@ -376,16 +377,25 @@ async def test_transport__lost_port_is_connection_error(
         await task
 
 
+# A valid line for the tests that do not exchange frames.
+SETTINGS: Final[dict[str, Any]] = {
+    "baudrate": 19200,
+    "parity": "N",
+    "stopbits": 1,
+    "response_timeout": 0.3,
+}
+
+
 async def test_transport__not_open_is_local_error(pty_pair: Pty) -> None:
     """Using a transport before opening it is a bug in the caller, reported as such."""
-    rtu = RtuTransport(pty_pair.path, parity="N")
+    rtu = RtuTransport(pty_pair.path, **SETTINGS)
     with pytest.raises(LocalProtocolError, match="not open"):
         await rtu.transact(READ)
 
 
 async def test_transport__context_manager_closes(pty_pair: Pty, device: Device) -> None:
     """Leaving the ``async with`` block must release the port."""
-    async with RtuTransport(pty_pair.path, parity="N", response_timeout=0.05) as rtu:
+    async with RtuTransport(pty_pair.path, **{**SETTINGS, "response_timeout": 0.05}) as rtu:
         with pytest.raises(NoResponse):
             await rtu.transact(READ)
     with pytest.raises(LocalProtocolError):
@@ -395,7 +405,7 @@ async def test_transport__context_manager_closes(pty_pair: Pty, device: Device) 
 
 async def test_transport__missing_port_names_it() -> None:
     """A wrong port in the board file must say which port could not be opened."""
-    rtu = RtuTransport("/dev/armoire-no-such-port")
+    rtu = RtuTransport("/dev/armoire-no-such-port", **SETTINGS)
     with pytest.raises(OSError, match="/dev/armoire-no-such-port"):
         await rtu.open()
 
@@ -413,7 +423,7 @@ async def test_transport__a_line_already_held_by_another_process_is_refused(
 
 async def test_transport__refused_settings_raise_oserror(pty_pair: Pty) -> None:
     """Settings the port refuses (ptys refuse parity) fail as OSError naming the port."""
-    rtu = RtuTransport(pty_pair.path, parity="E")
+    rtu = RtuTransport(pty_pair.path, **{**SETTINGS, "parity": "E"})
     try:
         await rtu.open()
     except OSError as exc:
@@ -438,7 +448,7 @@ async def test_transport__refused_settings_raise_oserror(pty_pair: Pty) -> None:
 def test_transport__invalid_settings_rejected(kwargs: dict[str, object], field: str) -> None:
     """A line configured with settings RTU cannot use must fail at construction."""
     with pytest.raises(LocalProtocolError, match=field):
-        RtuTransport("/dev/null", **kwargs)  # type: ignore[arg-type]
+        RtuTransport("/dev/null", **{**SETTINGS, **kwargs})  # type: ignore[arg-type]
 
 
 async def _answer_one(device: Device) -> None:

@@ -213,6 +213,22 @@ async def test_device_offline__after_five_minutes_of_comm_fail(bench: Bench) -> 
     assert bench.record.cleared("device.offline") == ["lamp-01"]
 
 
+async def test_quality_rules__not_evaluated_for_a_new_value_of_the_same_quality(
+    bench: Bench,
+) -> None:
+    """Every reading of a busy cabinet re-evaluating "*/*" quality rules cost the agent
+    most of its CPU per reading (bench/same_load.py); the alarm still comes on time."""
+    bench.set("meter/power", 1.0)
+    before = bench.engine.stats.evaluations
+    for watts in range(2, 50):
+        bench.set("meter/power", float(watts))
+    assert bench.engine.stats.evaluations == before  # only device-offline mentions it
+    bench.set("meter/power", None, Quality.COMM_FAIL)
+    assert bench.engine.stats.evaluations > before
+    await bench.run_for(301)
+    assert bench.record.raised("device.offline") == ["meter"]
+
+
 async def test_cabinet_overtemp__alarm_and_lamps_dimmed_then_released(bench: Bench) -> None:
     """A hot cabinet dims every lamp to 50 % at priority 4; cooled below 50 °C it lets go."""
     bench.set("env/temperature", 56.0)
