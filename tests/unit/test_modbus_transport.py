@@ -415,7 +415,13 @@ async def test_transport__a_line_already_held_by_another_process_is_refused(
 ) -> None:
     """Two masters on one RS-485 line (a stray agent still holding it) interleave frames
     and both read garbage; the second is refused at open, naming the port."""
-    second = RtuTransport(pty_pair.path, baudrate=BAUDRATE, parity="N", stopbits=2)
+    second = RtuTransport(
+        pty_pair.path,
+        baudrate=BAUDRATE,
+        parity="N",
+        stopbits=2,
+        response_timeout=RESPONSE_TIMEOUT,
+    )
     with pytest.raises(OSError, match=f"lock port {pty_pair.path}"):
         await second.open()
     assert transport.is_open
