@@ -11,12 +11,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench bench-hostile soak install mosquitto tmux clean sim-image
+.PHONY: iomodule-lib bench-iomodule demo test lint typecheck unit integration bench bench-hostile soak install mosquitto tmux clean sim-image
 
-demo: install mosquitto
+demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
 
-test: install mosquitto tmux lint typecheck
+test: install mosquitto tmux iomodule-lib lint typecheck
 	$(BIN)/pytest -q $(ARGS)
 
 lint: install
@@ -26,10 +26,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install iomodule-lib
 	$(BIN)/pytest -q tests/unit
 
-integration: install mosquitto tmux
+integration: install mosquitto tmux iomodule-lib
 	$(BIN)/pytest -q tests/integration tests/sim
 
 bench: install mosquitto
@@ -54,6 +54,11 @@ $(STAMP): setup.cfg pyproject.toml
 # tests run inside it. Not part of `make test`.
 sim-image:
 	sh scripts/build-sim-image.sh --run
+
+# micropython-lib packages of the I/O module firmware (board/iomodule/lib, gitignored):
+# pinned versions and hashes, fetched from PyPI's JSON API at build time, never at run time.
+iomodule-lib: install
+	$(BIN)/python scripts/fetch-micropython-lib.py
 
 mosquitto:
 	@sh scripts/ensure-mosquitto.sh
