@@ -133,7 +133,9 @@ class Module:
         for item in self.decoder.feed(data):
             if item[0] == "corrupt":
                 self.naks += 1
-                out.append(iolink.encode(iolink.NAK, self._next_seq(), bytes((iolink.NAK_CORRUPT,))))
+                out.append(
+                    iolink.encode(iolink.NAK, self._next_seq(), bytes((iolink.NAK_CORRUPT,)))
+                )
                 continue
             kind, seq, payload = item
             if kind == iolink.PING:
@@ -141,7 +143,11 @@ class Module:
                 out.append(self.status(iolink.STATUS, seq))
             elif kind == iolink.SET_RELAYS:
                 if len(payload) < 2 or payload[0] & ~0x03 or payload[1] & ~payload[0]:
-                    out.append(iolink.encode(iolink.NAK, self._next_seq(), bytes((iolink.NAK_BAD_PAYLOAD,))))
+                    out.append(
+                        iolink.encode(
+                            iolink.NAK, self._next_seq(), bytes((iolink.NAK_BAD_PAYLOAD,))
+                        )
+                    )
                     continue
                 self.last_heard = now
                 mask, values = payload[0], payload[1]
@@ -151,7 +157,9 @@ class Module:
                 self.safe = False  # the agent has taken the relays back
                 out.append(self.status(iolink.STATUS, seq))
             else:
-                out.append(iolink.encode(iolink.NAK, self._next_seq(), bytes((iolink.NAK_UNKNOWN_TYPE,))))
+                out.append(
+                    iolink.encode(iolink.NAK, self._next_seq(), bytes((iolink.NAK_UNKNOWN_TYPE,)))
+                )
         return out
 
     def tick(self, now):

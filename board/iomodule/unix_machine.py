@@ -8,12 +8,11 @@
 #   outputs.json  written here on every change: output pin levels and watchdog feeds,
 #                 {"pins": {"relay_lighting": 1, ...}, "wdt_feeds": 12}
 # The UART is the pty path given as its id.
+import io
 import json
 import os
 import select
 import time
-
-import io
 
 _DIR = os.getenv("IOMOD_HW") or "."
 _outputs = {}

@@ -18,7 +18,7 @@ def config(**over):
 
 
 def frames(data):
-    return [f for f in iolink.Decoder().feed(b"".join(data))]
+    return list(iolink.Decoder().feed(b"".join(data)))
 
 
 def status_of(frame):
@@ -66,7 +66,9 @@ class TestRelaysAndSafeState(unittest.TestCase):
         m = firmware.Module(config(), QUIET, 0)
         out = m.receive(iolink.encode(iolink.SET_RELAYS, 17, b"\x03\x02"), 100)
         st = status_of(frames(out)[0])
-        self.assertEqual((st["kind"], st["ack"], st["relays"], st["flags"]), (iolink.STATUS, 17, 0x02, 0))
+        self.assertEqual(
+            (st["kind"], st["ack"], st["relays"], st["flags"]), (iolink.STATUS, 17, 0x02, 0)
+        )
         self.assertEqual(m.relays, {"relay_lighting": False, "relay_aux": True})
 
     def test_silent_agent_puts_relays_safe_after_the_configured_time(self):

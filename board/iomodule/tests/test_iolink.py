@@ -28,7 +28,9 @@ class TestGolden(unittest.TestCase):
     def test_encodes_the_golden_frames(self):
         g = golden()
         self.assertEqual(iolink.encode(iolink.PING, 0), g["ping_seq0"])
-        self.assertEqual(iolink.encode(iolink.SET_RELAYS, 1, b"\x01\x01"), g["set_lighting_on_seq1"])
+        self.assertEqual(
+            iolink.encode(iolink.SET_RELAYS, 1, b"\x01\x01"), g["set_lighting_on_seq1"]
+        )
         payload = iolink.status_payload(1, 0x0B, 0x01, 0x00, 21.5)
         self.assertEqual(iolink.encode(iolink.STATUS, 7, payload), g["status_seq7_ack1"])
         payload = iolink.status_payload(0, 0x02, 0x01, 0x01, None)
@@ -40,8 +42,10 @@ class TestGolden(unittest.TestCase):
     def test_decodes_the_agents_frames(self):
         g = golden()
         d = iolink.Decoder()
-        self.assertEqual(d.feed(g["ping_seq0"] + g["set_lighting_on_seq1"]),
-                         [(iolink.PING, 0, b""), (iolink.SET_RELAYS, 1, b"\x01\x01")])
+        self.assertEqual(
+            d.feed(g["ping_seq0"] + g["set_lighting_on_seq1"]),
+            [(iolink.PING, 0, b""), (iolink.SET_RELAYS, 1, b"\x01\x01")],
+        )
 
 
 class TestDecoder(unittest.TestCase):
@@ -55,7 +59,9 @@ class TestDecoder(unittest.TestCase):
 
     def test_noise_then_frame(self):
         d = iolink.Decoder()
-        self.assertEqual(d.feed(b"\x00\xa5\xff\xa5" + iolink.encode(iolink.PING, 5)), [(iolink.PING, 5, b"")])
+        self.assertEqual(
+            d.feed(b"\x00\xa5\xff\xa5" + iolink.encode(iolink.PING, 5)), [(iolink.PING, 5, b"")]
+        )
 
     def test_corrupt_frame_is_reported_and_the_next_one_decodes(self):
         d = iolink.Decoder()
