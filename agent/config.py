@@ -520,6 +520,7 @@ def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[
                 here=here,
                 serial_port=lambda s, role: _serial_port(s, role, board),
                 claims=claims,
+                board=board,
             )
             settings = driver.parse(sec, ctx)
         else:

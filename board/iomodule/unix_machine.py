@@ -122,6 +122,8 @@ class UART(io.IOBase):
         return self._f.write(data)
 
     def ioctl(self, req, arg):
+        if req == 10:  # MP_STREAM_GET_FILENO: select.poll then waits on the fd itself
+            return self._f.fileno()  # (without it, the Unix port polls this object in a busy loop)
         if req == 3:  # MP_STREAM_POLL
             ready = 0
             if arg & select.POLLIN and self._poll.poll(0):
