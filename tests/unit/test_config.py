@@ -317,8 +317,8 @@ CASES = [
     ),
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
-        'devices[0].driver: expected one of "modbus-rtu", got "modbus-rtv"; '
-        'did you mean "modbus-rtu"?',
+        'devices[0].driver: expected one of "modbus-rtu", "iomodule", "gpio", '
+        'got "modbus-rtv"; did you mean "modbus-rtu"?',
         id="driver",
     ),
     pytest.param(
