@@ -39,6 +39,10 @@ bench: install mosquitto
 bench-hostile: install mosquitto
 	$(BIN)/python bench/hostile.py $(ARGS)
 
+# Cabinet I/O: contact -> alarm committed (I/O module firmware and GPIO), codec frames/s.
+bench-iomodule: install iomodule-lib
+	$(BIN)/python bench/iomodule.py $(ARGS)
+
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto
 	$(BIN)/python bench/soak.py $(ARGS)
