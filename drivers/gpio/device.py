@@ -12,7 +12,7 @@ reported once each, :attr:`board.hal.DEFAULT_DEBOUNCE` after the last bounce.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from agent.board import GpioLine
@@ -34,23 +34,43 @@ def point_of(role: str) -> str:
 
 
 class GpioDevice:
-    """The lines of ``gpio`` (a HAL) as points; ``lines`` the board's roles."""
+    """The board's GPIO ``lines`` (roles) as points, through the HAL ``open_gpio`` makes.
+
+    The HAL is opened on first use and again after a failure, so a chip that is absent
+    (or busy: another program holds a line) makes the device miss its polls, with the
+    same ``comm_fail`` and alarm as any silent device, instead of stopping the agent.
+    """
 
     def __init__(
         self,
         name: str,
         *,
-        gpio: Gpio,
+        open_gpio: Callable[[], Gpio],
         lines: Mapping[str, GpioLine],
         clock: Clock,
         debounce: float = DEFAULT_DEBOUNCE,
     ) -> None:
         self.name = name
-        self._gpio = gpio
+        self._open_gpio = open_gpio
+        self._gpio_now: Gpio | None = None
         self._clock = clock
+        self._debounce = debounce
         self._roles = {point_of(role): role for role in lines}
         self._inputs = {role for role, line in lines.items() if line.direction == "input"}
-        self._debouncers = {role: Debouncer(gpio.get(role), debounce) for role in self._inputs}
+        self._debouncers: dict[str, Debouncer] = {}
+
+    @property
+    def _gpio(self) -> Gpio:
+        if self._gpio_now is None:
+            try:
+                gpio = self._open_gpio()
+                self._debouncers = {
+                    role: Debouncer(gpio.get(role), self._debounce) for role in self._inputs
+                }
+            except GpioError as exc:
+                raise DriverError(str(exc)) from exc
+            self._gpio_now = gpio
+        return self._gpio_now
 
     @property
     def points(self) -> list[str]:
@@ -58,11 +78,12 @@ class GpioDevice:
 
     async def read(self) -> Mapping[str, Reading]:
         values: dict[str, Reading] = {}
+        gpio = self._gpio
         try:
             for point, role in self._roles.items():
                 # Inputs: the debounced state, never a bounce caught mid-flight.
                 debouncer = self._debouncers.get(role)
-                values[point] = debouncer.state if debouncer else self._gpio.get(role)
+                values[point] = debouncer.state if debouncer else gpio.get(role)
         except GpioError as exc:
             raise DriverError(str(exc)) from exc
         return values
@@ -73,9 +94,10 @@ class GpioDevice:
             raise DriverError(f"{self.name}/{point} is not a GPIO output")
         if not isinstance(value, bool | int) or value not in (0, 1):
             raise DriverError(f"{self.name}/{point}: expected true or false, got {value!r}")
+        gpio = self._gpio
         try:
-            self._gpio.set(role, bool(value))
-            return self._gpio.get(role)
+            gpio.set(role, bool(value))
+            return gpio.get(role)
         except GpioError as exc:
             raise DriverError(str(exc)) from exc
 
@@ -91,8 +113,9 @@ class GpioDevice:
             if value is not None:
                 report({point_of(role): value})
 
+        gpio = self._gpio
         try:
-            async for edge in self._gpio.edges():
+            async for edge in gpio.edges():
                 debouncer = self._debouncers.get(edge.role)
                 if debouncer is None:
                     continue
@@ -108,4 +131,6 @@ class GpioDevice:
                 task.cancel()
 
     async def close(self) -> None:
-        self._gpio.close()
+        gpio, self._gpio_now = self._gpio_now, None
+        if gpio is not None:
+            gpio.close()

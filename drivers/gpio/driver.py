@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Final
 from agent.clock import SystemClock
 from board.hal import Gpio
 from drivers.cabinet_model import builtin_only, model
-from drivers.device import DriverError
 from drivers.driver import BuildContext, Driver, ParseContext
 from drivers.gpio.device import GpioDevice, point_of
 from drivers.point import Model
@@ -58,26 +57,21 @@ def _load_profile(ref: str, base_dir: Path) -> Model:
 def build(name: str, model: Model, settings: object, ctx: BuildContext) -> GpioDevice:
     assert isinstance(settings, GpioSettings)
     clock = SystemClock()
-    gpio: Gpio
-    if all(line.chip == SIM_CHIP for line in settings.lines.values()):
-        from board.gpio_sim import SimGpio
+    lines = settings.lines
 
-        base = settings.base_dir or Path()
-        gpio = SimGpio(
-            settings.lines,
-            clock=clock,
-            socket_path=base / SIM_SOCKET,
-            state_file=base / SIM_STATE,
-        )
-    else:
-        from board.gpio_linux import LinuxGpio
-        from board.hal import GpioError
+    def open_gpio() -> Gpio:
+        if all(line.chip == SIM_CHIP for line in lines.values()):
+            from board.gpio_sim import SimGpio
 
-        try:
-            gpio = LinuxGpio(settings.lines)
-        except GpioError as exc:
-            raise DriverError(str(exc)) from exc
-    return GpioDevice(name, gpio=gpio, lines=settings.lines, clock=clock)
+            base = settings.base_dir or Path()
+            return SimGpio(
+                lines, clock=clock, socket_path=base / SIM_SOCKET, state_file=base / SIM_STATE
+            )
+        from board.gpio_linux import LinuxGpio  # needs the gpiod bindings, not the simulator
+
+        return LinuxGpio(lines)
+
+    return GpioDevice(name, open_gpio=open_gpio, lines=lines, clock=clock)
 
 
 def _bus_of(settings: object) -> str:

@@ -109,6 +109,7 @@ class IoModule:
         self._last_module_seq: int | None = None
         self._wanted: dict[str, bool] = {}  # relay values the agent asked for
         self._report: Report | None = None
+        self._watching = False  # watch() is the line's reader
         self.last: Status | None = None
         self._lost = self._naks = self._retries = self._safe_seen = 0
 
@@ -139,16 +140,22 @@ class IoModule:
     async def watch(self, report: Report) -> None:
         """Read the line forever, reporting input changes as they come."""
         self._report = report
-        while True:
-            try:
-                await self._ensure_open()
-            except DriverError:
-                await asyncio.sleep(1.0)  # the port comes back (USB adapter re-plugged)
-                continue
-            data = await self._queue.get()
-            if data is None:
-                self._close_transport()
-                continue
+        self._watching = True
+        try:
+            while True:
+                try:
+                    await self._ensure_open()
+                except DriverError:
+                    await asyncio.sleep(1.0)  # the port comes back (USB adapter re-plugged)
+                    continue
+                self._take(await self._queue.get())
+        finally:
+            self._watching = False
+
+    def _take(self, data: bytes | None) -> None:
+        if data is None:  # the port went away
+            self._close_transport()
+        else:
             self._receive(data)
 
     async def close(self) -> None:
@@ -215,6 +222,10 @@ class IoModule:
                         raise DriverError(f"{self._port}: closed", timeout=True)
                     self._transport.write(encode(request))
                     async with asyncio.timeout(REPLY_TIMEOUT):
+                        # Before the poller starts watch() (the relays' defaults are
+                        # written at start), the request reads its reply itself.
+                        while not self._watching and not future.done():
+                            self._take(await self._queue.get())
                         return await future
                 except TimeoutError:
                     failure = "no answer"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.device import Reading
+from drivers.device import DriverError, Reading
 from drivers.iomodule.device import IoModule
 from sim.iomodule import IoModuleProcess, firmware_lib_ready, micropython_binary
 from sim.serial_line import VirtualSerialLine
@@ -215,3 +215,23 @@ async def test_iomodule__watchdog_is_fed_while_the_firmware_runs(tmp_path: Path)
     """The module's own watchdog is fed while its scan loop runs."""
     async with bench(tmp_path) as b:
         await until(lambda: int(str(b.module.outputs().get("wdt_feeds", 0))) >= 2, "2 feeds")
+
+
+async def test_iomodule__writes_before_the_watch_starts_are_answered(tmp_path: Path) -> None:
+    """The agent writes the relays' defaults at start, before its poller reads the line."""
+    async with (
+        VirtualSerialLine(name="iomodule") as line,
+        IoModuleProcess(port=line.device_port, hw_dir=tmp_path / "hw") as module,
+    ):
+        device = IoModule("cabinet", port=Path(line.agent_port))
+        try:
+            deadline = time.monotonic() + DEADLINE
+            while True:
+                try:
+                    assert await device.write("relay_aux", True) is True
+                    break
+                except DriverError:  # the firmware is still booting
+                    assert time.monotonic() < deadline
+            await until(lambda: module.relay("relay_aux") is True, "aux relay on")
+        finally:
+            await device.close()

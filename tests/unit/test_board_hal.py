@@ -79,7 +79,9 @@ async def test_gpio_device__door_opening_is_reported_once_after_debounce() -> No
     """Opening the cabinet door (with bounces) reaches the agent as one cabinet/door = true."""
     clock = FakeClock()
     gpio = SimGpio(sim_lines(), clock=clock)
-    device = GpioDevice("cabinet", gpio=gpio, lines=sim_lines(), clock=clock, debounce=0.05)
+    device = GpioDevice(
+        "cabinet", open_gpio=lambda: gpio, lines=sim_lines(), clock=clock, debounce=0.05
+    )
     reports: list[Mapping[str, Reading]] = []
     task = asyncio.create_task(device.watch(reports.append))
     await clock.advance(0)
@@ -102,7 +104,7 @@ async def test_gpio_device__points_and_relay_writes() -> None:
     """Every role is a point; a relay write drives the line; inputs refuse writes."""
     clock = FakeClock()
     gpio = SimGpio(sim_lines(), clock=clock)
-    device = GpioDevice("cabinet", gpio=gpio, lines=sim_lines(), clock=clock)
+    device = GpioDevice("cabinet", open_gpio=lambda: gpio, lines=sim_lines(), clock=clock)
     assert set(await device.read()) == {"door", "mains", "spd", "relay_lighting", "relay_aux"}
     assert await device.write("relay_lighting", True) is True
     assert gpio.get("relay_lighting") is True
@@ -141,3 +143,17 @@ def test_sim_gpio__outputs_published_for_the_simulator(tmp_path: Path) -> None:
     assert state.read_text() == '{"relay_lighting": true, "relay_aux": false}'
     with pytest.raises(GpioError, match="is an input"):
         gpio.set("door_contact", True)
+
+
+async def test_gpio_device__absent_chip_is_a_driver_error_not_a_crash() -> None:
+    """A gateway whose GPIO chip is missing runs on: the device misses its polls."""
+    lines = load_board("armoire-gw1").gpio
+
+    def absent() -> SimGpio:
+        raise GpioError("GPIO lines door_contact: [Errno 2] No such file: /dev/gpiochip0")
+
+    device = GpioDevice("cabinet", open_gpio=absent, lines=lines, clock=FakeClock())
+    with pytest.raises(DriverError, match="gpiochip0"):
+        await device.read()
+    with pytest.raises(DriverError, match="gpiochip0"):
+        await device.watch(lambda r: None)
