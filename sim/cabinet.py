@@ -250,7 +250,7 @@ class Cabinet:
             for name in self.line_names
         ]
         self.line = self.lines[0]
-        self._link_dir = link_dir
+        self.link_dir = link_dir
         self.iomodule_line = (
             VirtualSerialLine(link_dir=link_dir, name=IOMODULE_ROLE) if sc.iomodule else None
         )
@@ -342,8 +342,8 @@ class Cabinet:
 
     async def _start_iomodule(self, line: VirtualSerialLine) -> None:
         await line.start()
-        if self._link_dir is not None:
-            hw_dir, log_file = self._link_dir / "iomodule-hw", self._link_dir / "iomodule.log"
+        if self.link_dir is not None:
+            hw_dir, log_file = self.link_dir / "iomodule-hw", self.link_dir / "iomodule.log"
         else:
             self._iomodule_tmp = tempfile.mkdtemp(prefix="armoire-iomodule-")
             hw_dir, log_file = Path(self._iomodule_tmp) / "hw", None

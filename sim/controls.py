@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import termios
 import tty
@@ -35,6 +36,9 @@ CABINET_KEYS = {
     "u": ("ups", "UPS on battery", "UPS back on mains"),
     "p": ("spd", "surge arrester tripped", "surge arrester reset"),
 }
+# The same contacts on the simulated board's GPIO roles (board/sim.toml), for an agent
+# configured with the gpio driver: the simulated HAL listens on DATA/dev/gpio.sock.
+GPIO_ROLES = {"door": "door_contact", "mains": "mains_sense", "spd": "spd_fault"}
 COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
 
 # Sends a typed command as the central post would; returns a line describing the Ack.
@@ -62,6 +66,18 @@ class Controls:
         self._quit = quit
         self.last = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        # The contacts as the keys left them (door shut, mains present...).
+        self._contacts: dict[str, bool] = (
+            dict(cabinet.iomodule.contacts) if cabinet.iomodule is not None else {}
+        )
+        self.gpio_socket = cabinet.link_dir / "gpio.sock" if cabinet.link_dir else None
+
+    def _send_gpio(self, contact: str, active: bool) -> None:
+        role = GPIO_ROLES.get(contact)
+        if role is None or self.gpio_socket is None or not self.gpio_socket.exists():
+            return  # the agent has no gpio device (its HAL's socket is not there)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(f"{role} {int(active)}".encode(), str(self.gpio_socket))
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
@@ -111,10 +127,13 @@ class Controls:
                     self.last = f"{devices[0]} lamp failed"
             case "q":
                 self._quit()
-            case key if key in CABINET_KEYS and self.cabinet.iomodule is not None:
+            case key if key in CABINET_KEYS:
                 contact, on_words, off_words = CABINET_KEYS[key]
-                active = not self.cabinet.iomodule.contacts[contact]
-                self.cabinet.iomodule.set_contact(contact, active)
+                active = not self._contacts.get(contact, contact == "mains")
+                self._contacts[contact] = active
+                if self.cabinet.iomodule is not None:
+                    self.cabinet.iomodule.set_contact(contact, active)
+                self._send_gpio(contact, active)
                 self.last = on_words if active else off_words
             case digit if digit.isdigit() and 0 < int(digit) <= len(devices):
                 name = devices[int(digit) - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,19 @@ async def test_controls__cabinet_keys_drive_the_io_module(tmp_path: Path) -> Non
         controls.handle("d")
         assert controls.last == "cabinet door shut"
         assert module.contacts["door"] is False
+
+
+async def test_controls__cabinet_keys_drive_the_simulated_gpio(tmp_path: Path) -> None:
+    """With an agent using the gpio driver, the same keys reach its simulated HAL's socket."""
+    async with Cabinet(
+        Scenario(lamps=1, iomodule=False), clock=FakeClock(), link_dir=tmp_path
+    ) as cabinet:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as hal:
+            hal.bind(str(tmp_path / "gpio.sock"))
+            hal.settimeout(5)
+            controls = Controls(cabinet=cabinet, link=None, broker=None, quit=lambda: None)  # type: ignore[arg-type]
+            controls.handle("d")
+            controls.handle("m")
+            controls.handle("p")
+            received = [hal.recv(64) for _ in range(3)]
+    assert received == [b"door_contact 1", b"mains_sense 0", b"spd_fault 1"]
