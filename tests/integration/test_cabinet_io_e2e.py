@@ -80,7 +80,7 @@ async def test_cabinet__door_forced_and_mains_lost_reach_the_control_room(site: 
     await site.central.wait_for(lambda c: _latest(site, "cabinet/door") is True, WAIT_S)
     for contact, active, code in (
         ("mains", False, "mains.lost"),
-        ("ups", True, "ups.on_battery"),
+        ("ups", True, "ups.battery"),
         ("spd", True, "spd.tripped"),
     ):
         module.set_contact(contact, active)

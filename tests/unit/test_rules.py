@@ -156,7 +156,7 @@ def test_default_rules__load_and_cover_the_issue_hazards() -> None:
         "road.ice",
         "door.intrusion",
         "mains.lost",
-        "ups.on_battery",
+        "ups.battery",
         "spd.tripped",
     }
 
