@@ -70,6 +70,20 @@ def _diff(a, b):
     return a - b
 
 
+class Feeder:
+    """Whether to feed the hardware watchdog: only if the scan loop (inputs, safe-state
+    timer) moved since the last check. A hung loop or a blocked scheduler starves the
+    watchdog and the board resets, booting with its relays safe."""
+
+    def __init__(self, progress):
+        self._seen = progress
+
+    def due(self, progress):
+        moved = progress != self._seen
+        self._seen = progress
+        return moved
+
+
 class Module:
     """The firmware's logic. Methods take the time in ms and return frames to send."""
 
@@ -275,14 +289,11 @@ async def main():
                 await asyncio.sleep_ms(50)
 
     async def watchdog_loop():
-        # Fed only while the scan loop (inputs, safe-state timer) moves: a hung loop or a
-        # blocked scheduler starves it and the board resets, booting with relays safe.
-        seen = progress[0]
+        feeder = Feeder(progress[0])
         while True:
             await asyncio.sleep_ms(config["wdt_ms"] // 4)
-            if progress[0] != seen:
+            if feeder.due(progress[0]):
                 wdt.feed()
-            seen = progress[0]
 
     log.info("iomodule up: safe state until the agent speaks")
     apply_relays()

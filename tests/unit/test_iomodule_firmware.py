@@ -33,4 +33,4 @@ def test_firmware_unit_tests_pass_in_micropython() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Ran 16 tests" in result.stdout
+    assert "Ran 17 tests" in result.stdout

@@ -101,3 +101,13 @@ class TestRelaysAndSafeState(unittest.TestCase):
         for i in range(257):
             seqs.append(frames(m.receive(iolink.encode(iolink.PING, i & 0xFF), i))[0][1])
         self.assertEqual((seqs[0], seqs[255], seqs[256]), (0, 255, 0))
+
+
+class TestWatchdog(unittest.TestCase):
+    def test_fed_only_while_the_scan_loop_moves(self):
+        feeder = firmware.Feeder(0)
+        self.assertTrue(feeder.due(3))
+        self.assertTrue(feeder.due(4))
+        self.assertFalse(feeder.due(4))  # the scan loop hung: starve the watchdog
+        self.assertFalse(feeder.due(4))
+        self.assertTrue(feeder.due(5))  # moving again
