@@ -90,8 +90,9 @@ class Scenario:
     meter_unit: int = 20
     env_unit: int = 30
     contactor: bool = True
-    """Whether the lighting circuit is switched by a contactor on the line; without
-    one the lamps are wired straight to the supply (always energised)."""
+    """Whether the lighting circuit is switched by a contactor on the line; without one,
+    by the I/O module's lighting relay (if the cabinet has the module), else the lamps are
+    wired straight to the supply (always energised)."""
     contactor_unit: int = 40
     lamp_rated_w: tuple[float, float] = (60.0, 90.0)
     """Range the (fixed, seeded) rated power of each lamp is drawn from, W."""
@@ -417,6 +418,9 @@ class Cabinet:
         if self._contactor is not None:
             self._contactor.tick(dt)
             energised = self._contactor.closed
+        elif self.iomodule is not None:
+            # No Modbus contactor: the I/O module's lighting relay drives the coil.
+            energised = self.iomodule.relay("relay_lighting") is not False
         for lamp in self._lamps:
             lamp.energised = energised
             lamp.tick(dt, ambient_c=self._env.air_temperature_c)
