@@ -8,6 +8,7 @@ gets a short chance to drain before the process exits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import functools
 import json
@@ -53,6 +54,7 @@ from agent.watchdog import (
     previous_kernel,
     reboot_cause,
 )
+from drivers.device import HasStatistics
 from drivers.driver import BuildContext, Bus
 from drivers.registry import DRIVERS
 
@@ -458,6 +460,7 @@ class Agent:
                     "failures": p.failures,
                     "last_poll": p.last_poll_ms,
                     "last_answer": p.last_answer_ms,
+                    **_link_statistics(p.driver),
                 }
                 for p in self.pollers
             },
@@ -639,3 +642,12 @@ async def run_agent(config: Config, *, clock: Clock | None = None) -> bool:
     await agent.run(stop)
     log.info("stopped: %s", json.dumps(agent.uplink.statistics()))
     return agent.restart_requested
+
+
+def _link_statistics(driver: object) -> dict[str, Any]:
+    """A driver's own link counters (the I/O module's frames, lost, corrupt...), if any."""
+    if isinstance(driver, HasStatistics):
+        stats = driver.statistics()
+        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+            return {"link": dataclasses.asdict(stats)}
+    return {}

@@ -99,6 +99,24 @@ async def test_cabinet__relay_command_reaches_the_module(site: Site) -> None:
     await _until(lambda: module.relay("relay_aux") is True, "the module's aux relay on")
     await site.central.wait_for(lambda c: _latest(site, "cabinet/relay_aux") is True, WAIT_S)
 
+    def link() -> dict[str, Any]:
+        try:
+            status = json.loads((site.data / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return dict(status["devices"]["cabinet"].get("link", {}))
+
+    # The technician sees the module's link counters in `armoire status --json`.
+    await _until(lambda: link().get("frames", 0) > 0, "the I/O link's counters in status.json")
+    assert set(link()) == {
+        "frames",
+        "discarded_bytes",
+        "lost",
+        "naks",
+        "retries",
+        "safe_state_seen",
+    }
+
 
 async def test_cabinet__module_feeds_the_lamps_when_the_agent_is_killed(site: Site) -> None:
     """The agent dies while the lamps are switched off: the module feeds them on its own."""
