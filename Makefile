@@ -11,12 +11,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux clean sim-image
+.PHONY: iomodule-lib bench-iomodule demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux clean sim-image
 
-demo: install mosquitto
+demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
 
-test: install mosquitto tmux lint typecheck
+test: install mosquitto tmux iomodule-lib lint typecheck
 	$(BIN)/pytest -q $(ARGS)
 
 lint: install
@@ -26,10 +26,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+unit: install iomodule-lib
 	$(BIN)/pytest -q tests/unit
 
-integration: install mosquitto tmux
+integration: install mosquitto tmux iomodule-lib
 	$(BIN)/pytest -q tests/integration tests/sim
 
 bench: install mosquitto
@@ -42,6 +42,10 @@ bench-hostile: install mosquitto
 # The same-load race of issue 10 (bench/same_load.py), e.g. make bench-same-load ARGS="--quick"
 bench-same-load: install mosquitto
 	$(BIN)/python bench/same_load.py --units 50 200 $(ARGS)
+
+# Cabinet I/O: contact -> alarm committed (I/O module firmware and GPIO), codec frames/s.
+bench-iomodule: install iomodule-lib
+	$(BIN)/python bench/iomodule.py $(ARGS)
 
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto
@@ -58,6 +62,11 @@ $(STAMP): setup.cfg pyproject.toml
 # tests run inside it. Not part of `make test`.
 sim-image:
 	sh scripts/build-sim-image.sh --run
+
+# micropython-lib packages of the I/O module firmware (board/iomodule/lib, gitignored):
+# pinned versions and hashes, fetched from PyPI's JSON API at build time, never at run time.
+iomodule-lib: install
+	$(BIN)/python scripts/fetch-micropython-lib.py
 
 mosquitto:
 	@sh scripts/ensure-mosquitto.sh

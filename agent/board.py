@@ -95,6 +95,9 @@ class Board:
     watchdog_timeout: float | None
     console: str | None
     source: Path
+    # Where relative device paths resolved (the simulator's data directory); the
+    # simulated GPIO chip keeps its control socket there (board/gpio_sim.py).
+    base_dir: Path | None = None
 
 
 def builtin_boards() -> list[str]:
@@ -174,6 +177,7 @@ def load_board(ref: str | Path, base_dir: Path | None = None) -> Board:
         watchdog_timeout=watchdog_timeout,
         console=console,
         source=path,
+        base_dir=base_dir,
     )
 
 

@@ -19,6 +19,7 @@ from agent.instance import running_pid
 from agent.outbox import OUTBOX_FILE
 from agent.security.keys import GATEWAY_KEY, KeyFileError, key_summary
 from agent.security.trust import TrustError, TrustStore
+from drivers.iomodule.driver import IoModuleSettings
 from drivers.modbus.rtu import RtuSettings
 
 
@@ -106,7 +107,11 @@ def _trust(data: Path, gw: str) -> Finding:
 
 def _serial_lines(config: Config) -> list[Finding]:
     findings = []
-    serial = [d.settings.line for d in config.devices if isinstance(d.settings, RtuSettings)]
+    serial = [
+        d.settings.line
+        for d in config.devices
+        if isinstance(d.settings, RtuSettings | IoModuleSettings)
+    ]
     ports = {port.role: port for port in serial}
     for role, port in ports.items():
         devices = sum(port.role == role for port in serial)

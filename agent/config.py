@@ -526,6 +526,7 @@ def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[
                 serial_port=lambda s, role: _serial_port(s, role, board),
                 claims=claims,
                 agreed=agreed,
+                board=board,
             )
             settings = driver.parse(sec, ctx)
         else:

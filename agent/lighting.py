@@ -21,7 +21,7 @@ import datetime as dt
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Final, Protocol
@@ -117,6 +117,22 @@ class Program:
     dimming: tuple[DimStep, ...]
     exceptions: tuple[CalendarException, ...]
     photocell: Photocell | None
+
+
+# Where a cabinet has no Modbus lighting contactor, its lighting relay (GPIO or I/O
+# module, drivers/cabinet_model.py) switches the contactor's coil instead.
+FALLBACK_RELAY: Final = "cabinet/relay_lighting"
+
+
+def _contactor_points(program: Program, writable: Iterable[str]) -> list[str]:
+    """The program's contactor points; none configured on the cabinet: its lighting relay."""
+    writable = list(writable)
+    if not program.contactor:
+        return []
+    found = [w for w in writable if fnmatchcase(w, program.contactor)]
+    if not found and FALLBACK_RELAY in writable:
+        return [FALLBACK_RELAY]
+    return found
 
 
 DEFAULT_PROGRAM: Final = Program(
@@ -427,7 +443,7 @@ class LightingRunner:
         self._targets = {
             p.name: (
                 [w for w in writable if any(fnmatchcase(w, g) for g in p.lamps)],
-                [w for w in writable if p.contactor and fnmatchcase(w, p.contactor)],
+                _contactor_points(p, writable),
             )
             for p in programs
         }

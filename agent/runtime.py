@@ -8,6 +8,7 @@ gets a short chance to drain before the process exits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import functools
 import json
@@ -54,7 +55,7 @@ from agent.watchdog import (
     previous_kernel,
     reboot_cause,
 )
-from drivers.device import Device
+from drivers.device import Device, HasStatistics
 from drivers.driver import BuildContext, Bus
 from drivers.health import DeviceHealth
 from drivers.point import DEFAULT_HEARTBEAT
@@ -507,6 +508,7 @@ class Agent:
                         if (health := health_of(p.driver)) is not None
                         else {}
                     ),
+                    **_link_statistics(p.driver),
                 }
                 for p in self.pollers
             },
@@ -689,3 +691,12 @@ async def run_agent(config: Config, *, clock: Clock | None = None) -> bool:
     await agent.run(stop)
     log.info("stopped: %s", json.dumps(agent.uplink.statistics()))
     return agent.restart_requested
+
+
+def _link_statistics(driver: object) -> dict[str, Any]:
+    """A driver's own link counters (the I/O module's frames, lost, corrupt...), if any."""
+    if isinstance(driver, HasStatistics):
+        stats = driver.statistics()
+        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+            return {"link": dataclasses.asdict(stats)}
+    return {}

@@ -11,7 +11,7 @@ thing to catch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Reading = float | int | bool | str | None
 """A point's value as the device gave it; ``None``: it answered but the value is unusable."""
@@ -56,4 +56,14 @@ class Device(Protocol):
 
     async def close(self) -> None:
         """Release the device's resources (connections, subscriptions)."""
+        ...
+
+
+@runtime_checkable
+class HasStatistics(Protocol):
+    """A device whose link keeps counters worth showing (frames, lost, corrupt...):
+    ``status.json`` shows them under the device as ``link``."""
+
+    def statistics(self) -> object:
+        """A dataclass of counters."""
         ...

@@ -22,7 +22,7 @@ from drivers.point import Model
 from drivers.profile import Section, show
 
 if TYPE_CHECKING:
-    from agent.board import SerialPort
+    from agent.board import Board, SerialPort
 
 
 @dataclass(kw_only=True)
@@ -43,6 +43,8 @@ class ParseContext:
     serial_port: Callable[[Section, str], SerialPort | None]
     claims: dict[tuple[object, ...], tuple[str, int]] = field(default_factory=dict)
     agreed: dict[tuple[object, ...], tuple[object, str, int]] = field(default_factory=dict)
+    board: Board | None = None
+    """The board, for drivers of its own hardware (GPIO lines); None if it did not load."""
 
     def claim(self, sec: Section, key: str, what: tuple[object, ...], text: str) -> None:
         """Report ``key`` if another device already claimed ``what`` (``text`` says what)."""

@@ -7,8 +7,10 @@ from types import MappingProxyType
 from typing import Final
 
 from drivers.driver import Driver
+from drivers.gpio import driver as gpio
+from drivers.iomodule import driver as iomodule
 from drivers.modbus import rtu, tcp
 
 DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType(
-    {d.name: d for d in (rtu.DRIVER, tcp.DRIVER)}
+    {d.name: d for d in (rtu.DRIVER, tcp.DRIVER, iomodule.DRIVER, gpio.DRIVER)}
 )

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import functools
 import random
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from agent.clock import Clock, SystemClock
 from sim.devices import Contactor, Device, EnvSensor, Lamp, Meter
 from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
+from sim.iomodule import IoModuleProcess
 from sim.serial_line import VirtualSerialLine
 
 # Lines of one simulated cabinet: enough to measure how the agent scales.
@@ -54,6 +57,8 @@ UNITS_PER_LINE = MAX_UNIT - MIN_UNIT + 1
 METER_NAME = "meter"
 ENV_NAME = "env"
 CONTACTOR_NAME = "contactor"
+IOMODULE_NAME = "cabinet"  # the agent's device name for the I/O module
+IOMODULE_ROLE = "iomodule"  # its serial role in board/sim.toml
 
 # Range of the contactor's operations counter at start: a lighting contactor
 # switches twice a day, so a few years of service.
@@ -85,8 +90,9 @@ class Scenario:
     meter_unit: int = 20
     env_unit: int = 30
     contactor: bool = True
-    """Whether the lighting circuit is switched by a contactor on the line; without
-    one the lamps are wired straight to the supply (always energised)."""
+    """Whether the lighting circuit is switched by a contactor on the line; without one,
+    by the I/O module's lighting relay (if the cabinet has the module), else the lamps are
+    wired straight to the supply (always energised)."""
     contactor_unit: int = 40
     lamp_rated_w: tuple[float, float] = (60.0, 90.0)
     """Range the (fixed, seeded) rated power of each lamp is drawn from, W."""
@@ -100,6 +106,11 @@ class Scenario:
     other_load_w: float = 20.0
     """Power drawn on L1 besides the lamps (gateway, heater); negative = export
     (a solar panel), which makes the meter's total power negative."""
+    iomodule: bool = True
+    """Whether the cabinet has the I/O module (door, mains, UPS, surge arrester, relays):
+    its real firmware in the MicroPython Unix port, on a serial line of its own."""
+    iomodule_safe_after_ms: int = 5000
+    """How long the module waits for the agent before putting its relays safe."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.lines <= MAX_LINES:
@@ -240,6 +251,12 @@ class Cabinet:
             for name in self.line_names
         ]
         self.line = self.lines[0]
+        self.link_dir = link_dir
+        self.iomodule_line = (
+            VirtualSerialLine(link_dir=link_dir, name=IOMODULE_ROLE) if sc.iomodule else None
+        )
+        self.iomodule: IoModuleProcess | None = None
+        self._iomodule_tmp: str | None = None
         self._servers: list[ModbusSerialServer] = []
         self._lamps: list[_SwitchedLamp] = []
         for name, unit in sc.units().items():
@@ -318,12 +335,36 @@ class Cabinet:
                 )
                 await server.serve_forever(background=True)
                 self._servers.append(server)
+            if self.iomodule_line is not None:
+                await self._start_iomodule(self.iomodule_line)
         except BaseException:
             await self.close()
             raise
 
+    async def _start_iomodule(self, line: VirtualSerialLine) -> None:
+        await line.start()
+        if self.link_dir is not None:
+            hw_dir, log_file = self.link_dir / "iomodule-hw", self.link_dir / "iomodule.log"
+        else:
+            self._iomodule_tmp = tempfile.mkdtemp(prefix="armoire-iomodule-")
+            hw_dir, log_file = Path(self._iomodule_tmp) / "hw", None
+        self.iomodule = IoModuleProcess(
+            port=line.device_port,
+            hw_dir=hw_dir,
+            safe_after_ms=self.scenario.iomodule_safe_after_ms,
+            log_file=log_file,
+        )
+        await self.iomodule.start()
+
     async def close(self) -> None:
         """Stop the servers and close the lines. Idempotent."""
+        if self.iomodule is not None:
+            await self.iomodule.close()  # kills the firmware's process group
+        if self.iomodule_line is not None:
+            await self.iomodule_line.close()
+        if self._iomodule_tmp is not None:
+            shutil.rmtree(self._iomodule_tmp, ignore_errors=True)
+            self._iomodule_tmp = None
         servers, self._servers = self._servers, []
         for server in servers:
             await server.shutdown()  # type: ignore[no-untyped-call]
@@ -377,6 +418,9 @@ class Cabinet:
         if self._contactor is not None:
             self._contactor.tick(dt)
             energised = self._contactor.closed
+        elif self.iomodule is not None:
+            # No Modbus contactor: the I/O module's lighting relay drives the coil.
+            energised = self.iomodule.relay("relay_lighting") is not False
         for lamp in self._lamps:
             lamp.energised = energised
             lamp.tick(dt, ambient_c=self._env.air_temperature_c)

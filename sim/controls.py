@@ -2,7 +2,9 @@
 
 Keys act on the simulated world, never on the agent: cut, stall or restore
 the cabinet's uplink, restart the broker, switch a device off and on, fail or
-repair a lamp. What each key did is shown on the view's last line.
+repair a lamp, open the cabinet door, cut the mains, put the UPS on battery,
+trip the surge arrester (the I/O module's contacts). What each key did is
+shown on the view's last line.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 import termios
 import tty
@@ -21,10 +24,21 @@ from sim.proxy import LinkProxy
 
 HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
-    "1-9 device off/on · f fail/repair lamp-01 · : command · q quit"
+    "1-9 device off/on · f fail/repair lamp-01 · d open/shut the door · m cut/restore mains · "
+    "u UPS on battery/mains · p trip/reset surge arrester · : command · q quit"
 )
 # The same in 80 columns.
-HELP_SHORT = "keys: c/s/r cut/stall/restore link · b broker · 1-9 off/on · f lamp · : cmd · q"
+HELP_SHORT = "keys: c/s/r link · b broker · 1-9 off/on · f lamp · d/m/u/p cabinet · : cmd · q"
+# The cabinet's contacts on the I/O module: key -> (contact, words when active, inactive).
+CABINET_KEYS = {
+    "d": ("door", "cabinet door opened", "cabinet door shut"),
+    "m": ("mains", "mains restored", "mains cut"),
+    "u": ("ups", "UPS on battery", "UPS back on mains"),
+    "p": ("spd", "surge arrester tripped", "surge arrester reset"),
+}
+# The same contacts on the simulated board's GPIO roles (board/sim.toml), for an agent
+# configured with the gpio driver: the simulated HAL listens on DATA/dev/gpio.sock.
+GPIO_ROLES = {"door": "door_contact", "mains": "mains_sense", "spd": "spd_fault"}
 COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
 
 # Sends a typed command as the central post would; returns a line describing the Ack.
@@ -52,6 +66,18 @@ class Controls:
         self._quit = quit
         self.last = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        # The contacts as the keys left them (door shut, mains present...).
+        self._contacts: dict[str, bool] = (
+            dict(cabinet.iomodule.contacts) if cabinet.iomodule is not None else {}
+        )
+        self.gpio_socket = cabinet.link_dir / "gpio.sock" if cabinet.link_dir else None
+
+    def _send_gpio(self, contact: str, active: bool) -> None:
+        role = GPIO_ROLES.get(contact)
+        if role is None or self.gpio_socket is None or not self.gpio_socket.exists():
+            return  # the agent has no gpio device (its HAL's socket is not there)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(f"{role} {int(active)}".encode(), str(self.gpio_socket))
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
@@ -101,6 +127,14 @@ class Controls:
                     self.last = f"{devices[0]} lamp failed"
             case "q":
                 self._quit()
+            case key if key in CABINET_KEYS:
+                contact, on_words, off_words = CABINET_KEYS[key]
+                active = not self._contacts.get(contact, contact == "mains")
+                self._contacts[contact] = active
+                if self.cabinet.iomodule is not None:
+                    self.cabinet.iomodule.set_contact(contact, active)
+                self._send_gpio(contact, active)
+                self.last = on_words if active else off_words
             case digit if digit.isdigit() and 0 < int(digit) <= len(devices):
                 name = devices[int(digit) - 1]
                 device = self.cabinet.devices[name]

@@ -38,7 +38,7 @@ from central.commander import (
 )
 from central.post import CentralPost, load_public_pem
 from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
+from sim.cabinet import IOMODULE_NAME, IOMODULE_ROLE, Cabinet, Scenario
 from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.lifetime import tied_to_parent
@@ -239,6 +239,17 @@ def agent_config(
             f"address = {dev['unit']}",
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
+        ]
+    if cabinet.scenario.iomodule:
+        lines += [
+            "",
+            "# The cabinet I/O module: door, mains, UPS, surge arrester, temperature, relays.",
+            "[[devices]]",
+            f'name = "{IOMODULE_NAME}"',
+            'driver = "iomodule"',
+            f'line = "{IOMODULE_ROLE}"',
+            'profile = "iomodule"',
+            "poll = 1.0",
         ]
     if tail:
         lines += ["", tail.rstrip("\n")]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from central.post import CentralPost
+from drivers.iomodule.device import POINTS as IO_POINTS
 from sim.broker import Mosquitto
 from sim.lifetime import tied_to_parent
 from tests.integration.conftest import NO_SCHEDULE, Site, open_site
@@ -39,7 +40,10 @@ def _expected_points(site: Site) -> set[str]:
         "env-sensor": ["temperature", "humidity"],
         "contactor": ["command", "closed", "operations"],
     }  # fmt: skip
-    return {f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]}
+    cabinet = {f"cabinet/{p}" for p in IO_POINTS} if site.cabinet.scenario.iomodule else set()
+    return cabinet | {
+        f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]
+    }
 
 
 def _latest(site: Site, point: str) -> tuple[object, int] | None:
@@ -50,7 +54,7 @@ def _latest(site: Site, point: str) -> tuple[object, int] | None:
 async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     """The control room would be missing values from the cabinet, or see unverifiable ones."""
     expected = _expected_points(site)
-    assert len(expected) == 69
+    assert len(expected) == 69 + len(IO_POINTS)
     await site.central.wait_for(lambda c: expected <= _points_seen(c, site.gw), WAIT_S)
     assert site.central.stats()["rejected"] == 0, site.central.rejections
     # Values are the simulated devices' values, with good quality.
@@ -146,7 +150,7 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
         "central_rejected", "central_duplicates", "readings", "points",
     }  # fmt: skip
     assert last["central_rejected"] == 0
-    assert last["points"] == 69
+    assert last["points"] == 69 + len(IO_POINTS)  # the Modbus devices and the I/O module
     # A fresh data directory: nothing retained from an earlier run, so the figures agree.
     assert last["central_verified"] == last["agent_published"] > 0
     assert last["central_verified"] == sum(last["central_by_kind"].values())

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 LAMPS, LINES = 30, 2
 # Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor.
-POINTS = 7 * LAMPS + 8 + 2 + 3
+POINTS = 7 * LAMPS + 8 + 2 + 3 + 8  # lamps, meter, sensor, contactor, I/O module
 
 
 async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Pa
         "rs485_1": True,
         "rs485_2": True,
     }
-    assert len(status["devices"]) == LAMPS + 3
+    assert len(status["devices"]) == LAMPS + 4
     # None failed; one poll missed at the last instant (a loaded 2-core machine) is only
     # "degraded", and every device's points reached the central post anyway (points above).
     assert "comm_fail" not in {d["state"] for d in status["devices"].values()}

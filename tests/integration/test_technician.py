@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from central.commander import make_command
+from sim.cabinet import IOMODULE_NAME
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
@@ -70,7 +71,8 @@ async def test_status__shows_link_devices_and_a_hold_counting_down(site: Site) -
     rc, out, _ = await _armoire("status", "--data", str(site.data), "--json")
     assert rc == 0
     status = json.loads(out)
-    assert set(status["devices"]) == set(site.cabinet.devices)
+    # The Modbus devices and the I/O module (the agent's device "cabinet").
+    assert set(status["devices"]) == {*site.cabinet.devices, IOMODULE_NAME}
     assert status["holds"][0]["point"] == "lamp-02/level"
     assert 0 < status["holds"][0]["left_s"] <= 600
     assert status["running"] == status["pid"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,42 @@ async def test_controls__keys_cut_restore_and_switch_devices(broker: Mosquitto) 
         controls.handle("x")  # unbound keys do nothing
         controls.handle("q")
         assert quit_requested.is_set()
+
+
+async def test_controls__cabinet_keys_drive_the_io_module(tmp_path: Path) -> None:
+    """d, m, u and p open the door, cut the mains, put the UPS on battery and trip the
+    surge arrester at the I/O module's inputs; pressed again, they undo it."""
+    async with Cabinet(Scenario(lamps=1), clock=FakeClock(), link_dir=tmp_path) as cabinet:
+        module = cabinet.iomodule
+        assert module is not None
+        controls = Controls(cabinet=cabinet, link=None, broker=None, quit=lambda: None)  # type: ignore[arg-type]
+        inputs = tmp_path / "iomodule-hw" / "inputs.json"
+        for key, contact, words in (
+            ("d", "door", "cabinet door opened"),
+            ("m", "mains", "mains cut"),
+            ("u", "ups", "UPS on battery"),
+            ("p", "spd", "surge arrester tripped"),
+        ):
+            before = json.loads(inputs.read_text())[contact]
+            controls.handle(key)
+            assert controls.last == words
+            assert json.loads(inputs.read_text())[contact] == 1 - before  # the pin's level
+        controls.handle("d")
+        assert controls.last == "cabinet door shut"
+        assert module.contacts["door"] is False
+
+
+async def test_controls__cabinet_keys_drive_the_simulated_gpio(tmp_path: Path) -> None:
+    """With an agent using the gpio driver, the same keys reach its simulated HAL's socket."""
+    async with Cabinet(
+        Scenario(lamps=1, iomodule=False), clock=FakeClock(), link_dir=tmp_path
+    ) as cabinet:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as hal:
+            hal.bind(str(tmp_path / "gpio.sock"))
+            hal.settimeout(5)
+            controls = Controls(cabinet=cabinet, link=None, broker=None, quit=lambda: None)  # type: ignore[arg-type]
+            controls.handle("d")
+            controls.handle("m")
+            controls.handle("p")
+            received = [hal.recv(64) for _ in range(3)]
+    assert received == [b"door_contact 1", b"mains_sense 0", b"spd_fault 1"]

@@ -306,13 +306,13 @@ CASES = [
     pytest.param(
         edit('line = "rs485_1"', 'line = "rs485_2"'),
         'devices[0].line: no serial role "rs485_2" on board "sim"; did you mean "rs485_1"? '
-        '(serial roles: "rs485_1", "console")',
+        '(serial roles: "rs485_1", "iomodule", "console")',
         id="line-not-on-board",
     ),
     pytest.param(
         edit('line = "rs485_1"', 'line = "/dev/ttymxc1"'),
         'devices[0].line: "/dev/ttymxc1" is a device path; name a serial role of the board '
-        '(serial roles: "rs485_1", "console")',
+        '(serial roles: "rs485_1", "iomodule", "console")',
         id="line-is-a-device-path",
     ),
     pytest.param(
@@ -322,8 +322,8 @@ CASES = [
     ),
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
-        'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", got "modbus-rtv"; '
-        'did you mean "modbus-rtu"?',
+        'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", "iomodule", "gpio", '
+        'got "modbus-rtv"; did you mean "modbus-rtu"?',
         id="driver",
     ),
     pytest.param(

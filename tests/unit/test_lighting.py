@@ -204,6 +204,44 @@ async def test_runner__a_whole_winter_night_on_the_fake_clock() -> None:
     assert not any(p == "lamp-01/on" for _, p, _ in writes.log)
 
 
+@pytest.mark.parametrize(
+    ("writable", "driven"),
+    [
+        (["contactor/command", "cabinet/relay_lighting"], "contactor/command"),
+        (["cabinet/relay_lighting"], "cabinet/relay_lighting"),
+    ],
+    ids=["modbus-contactor", "cabinet-relay"],
+)
+async def test_runner__lighting_relay_drives_where_no_modbus_contactor(
+    writable: list[str], driven: str
+) -> None:
+    """A cabinet without a Modbus contactor still has its lighting switched: the schedule
+    drives the cabinet's lighting relay (GPIO or I/O module) instead."""
+    start = dt.datetime(2026, 12, 21, 12, tzinfo=PARIS).timestamp()
+    clock = FakeClock(wall=start)
+    writes = Writes(clock)
+    runner = LightingRunner(
+        programs=(DEFAULT_PROGRAM,),
+        site=DIJON,
+        clock=clock,
+        now=clock.wall,
+        writable=["lamp-01/level", *writable],
+        points=Points(),
+        write=writes.write,
+        relinquish=writes.relinquish,
+        tick=10.0,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await clock.advance(24 * 3600)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    switched = {p for _, p, _ in writes.log if p != "lamp-01/level"}
+    assert switched == {driven}
+    assert [v for _, p, v in writes.log if p == driven] == [False, True, False]
+
+
 async def test_runner__no_trusted_time_leaves_lamps_to_their_lit_default() -> None:
     """Without any trustworthy time the schedule steps aside: the lamps fall back to their
     relinquish default (lit), never dark because the clock is lost."""

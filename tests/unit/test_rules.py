@@ -156,6 +156,8 @@ def test_default_rules__load_and_cover_the_issue_hazards() -> None:
         "road.ice",
         "door.intrusion",
         "mains.lost",
+        "ups.battery",
+        "spd.tripped",
     }
 
 
@@ -466,10 +468,36 @@ SCENARIOS: dict[str, tuple[dict[str, Value], dict[str, Value], str]] = {
     ),
     "door-intrusion": ({"cabinet/door": True}, {"cabinet/door": False}, "cabinet"),
     "mains-lost": ({"cabinet/mains": False}, {"cabinet/mains": True}, "cabinet"),
+    "ups-on-battery": ({"cabinet/ups_battery": True}, {"cabinet/ups_battery": False}, "cabinet"),
+    "spd-tripped": ({"cabinet/spd": True}, {"cabinet/spd": False}, "cabinet"),
 }
+# The cabinet's contacts are debounced at their source (GPIO HAL, I/O module firmware):
+# their rules fire at once, which is what a forced door or a lost supply needs.
+AT_ONCE = {"door-intrusion", "mains-lost", "ups-on-battery", "spd-tripped"}
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted(AT_ONCE))
+async def test_default_rule__cabinet_contact_raises_at_once_then_one_clear(
+    name: str, bench: Bench
+) -> None:
+    """A cabinet hazard is an alarm at the next evaluation (no hold-off); its clearing is one
+    clear after clear_after, however the contact chatters meanwhile."""
+    rule = next(r for r in bench.engine.rules if r.name == name)
+    assert rule.alarm is not None
+    assert rule.hold_off == 0
+    trip, calm, src = SCENARIOS[name]
+    for point, value in trip.items():
+        bench.set(point, value)
+    await bench.run_for(0.01)
+    assert bench.record.raised(rule.alarm.code) == [src]
+    for point, value in calm.items():
+        bench.set(point, value)
+    await bench.run_for(rule.clear_after + 1)
+    assert bench.record.raised(rule.alarm.code) == [src]
+    assert bench.record.cleared(rule.alarm.code) == [src]
+
+
+@pytest.mark.parametrize("name", sorted(set(SCENARIOS) - AT_ONCE))
 async def test_default_rule__noise_faster_than_hold_off_raises_nothing_then_one_cycle(
     name: str, bench: Bench
 ) -> None:

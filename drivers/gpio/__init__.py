@@ -1,0 +1,1 @@
+"""The gateway's own GPIO lines (board HAL) as a device."""

@@ -1,0 +1,1 @@
+"""The cabinet I/O module (MicroPython, board/iomodule/) on a serial line."""
