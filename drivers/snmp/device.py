@@ -102,7 +102,9 @@ Credentials = Community | Usm
 def _auth_data(credentials: Credentials) -> CommunityData | UsmUserData:
     match credentials:
         case Community(community=community):
-            return CommunityData(community, mpModel=1)  # mpModel 1: SNMPv2c
+            # SNMPv2c (mpModel 1) sends the community in clear: the profile of LAN-only
+            # controllers that lack v3; Usm is the secure choice.
+            return CommunityData(community, mpModel=1)  # noqa: S508
         case Usm() as usm:
             return UsmUserData(
                 usm.user,
