@@ -438,7 +438,8 @@ async def test_signal_flash__scheduled_flash_is_an_event_not_a_fault(bench: Benc
     assert bench.record.raised("signal.flash") == ["signal-01"]
     assert bench.record.raised("signal.fault_flash") == []
     (rule,) = [r for r in bench.engine.rules if r.name == "signal-flash"]
-    assert rule.alarm is not None and rule.alarm.kind == "event"
+    assert rule.alarm is not None
+    assert rule.alarm.kind == "event"
     bench.set("signal-01/scheduled_flash", False)
     await bench.run_for(1)
     assert bench.record.cleared("signal.flash") == ["signal-01"]
