@@ -2,7 +2,8 @@
 
 Keys act on the simulated world, never on the agent: cut, stall or restore
 the cabinet's uplink, restart the broker, switch a device off and on, fail or
-repair a lamp. What each key did is shown on the view's last line.
+repair a lamp, put the junction in fault flash, MMU fault or scheduled flash.
+What each key did is shown on the view's last line.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from sim.proxy import LinkProxy
 
 HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
-    "1-9 device off/on · f fail/repair lamp-01 · : command · q quit"
+    "1-9 device off/on · f fail/repair lamp-01 · x fault flash · m MMU fault · "
+    "n scheduled flash · : command · q quit"
 )
 # The same in 80 columns.
-HELP_SHORT = "keys: c/s/r cut/stall/restore link · b broker · 1-9 off/on · f lamp · : cmd · q"
+HELP_SHORT = "keys: c/s/r link · b broker · 1-9 off/on · f lamp · x/m/n signal · : cmd · q"
 COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
 
 # Sends a typed command as the central post would; returns a line describing the Ack.
@@ -99,6 +101,8 @@ class Controls:
                 else:
                     self.cabinet.fail_lamp(devices[0])
                     self.last = f"{devices[0]} lamp failed"
+            case "x" | "m" | "n" if self.cabinet.signal is not None:
+                self._signal(key)
             case "q":
                 self._quit()
             case digit if digit.isdigit() and 0 < int(digit) <= len(devices):
@@ -112,6 +116,22 @@ class Controls:
                     self.last = f"{name} switched on"
             case _:
                 pass
+
+    def _signal(self, key: str) -> None:
+        """Toggle one of the junction's injectable conditions."""
+        signal = self.cabinet.traffic_signal()
+        junction = signal.junction
+        match key:
+            case "x":
+                on, what = not junction.fault_flash, "fault flash"
+                signal.set_fault_flash(on)
+            case "m":
+                on, what = not junction.mmu_fault, "MMU fault"
+                signal.set_mmu_fault(on)
+            case _:
+                on, what = not junction.scheduled_flash, "scheduled flash"
+                signal.set_scheduled_flash(on)
+        self.last = f"{signal.name} {what} {'on' if on else 'off'}"
 
     def _edit(self, key: str) -> None:
         match key:
