@@ -170,10 +170,10 @@ def _check(obj: SnmpObject, value: SnmpValue) -> int | str | _Absent:
     label = f"{obj.name} ({obj.object})"
     match value:
         case Integer(value=v, type_name=t) if t in _INTEGER_TYPES:
-            if obj.minimum <= v <= obj.maximum:
+            if obj.lo <= v <= obj.hi:
                 return v
             shown = str(v) if abs(v) < 10**12 else f"a {v.bit_length()}-bit integer"
-            return f"{label}: {shown} outside {obj.minimum}..{obj.maximum}"
+            return f"{label}: {shown} outside {obj.lo}..{obj.hi}"
         case Integer(type_name=t):
             return f"{label}: expected an INTEGER, got {t}"
         case Missing(kind=kind) if obj.optional and kind != "endOfMibView":

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 from pyasn1.type import univ
 from pysnmp.hlapi.v3arch.asyncio import (
@@ -44,59 +43,20 @@ from drivers.snmp.codec import (
     VarBind,
     decode_answer,
 )
+from drivers.snmp.credentials import MAX_RETRIES, MAX_TIMEOUT, Community, Credentials, Usm
 from drivers.snmp.profile import SnmpProfile
 
 log = logging.getLogger(__name__)
 
-Auth = Literal["sha", "sha256", "sha512"]
-Priv = Literal["aes", "none"]
-AUTHS: Final[tuple[Auth, ...]] = ("sha", "sha256", "sha512")
-PRIVS: Final[tuple[Priv, ...]] = ("aes", "none")
+# Slack on top of pysnmp's own timeout x tries for the hard asyncio bound around a GET.
+_SLACK: Final = 1.0
+
 _AUTH_PROTOCOL: Final = {
     "sha": hmacsha.HmacSha.SERVICE_ID,
     "sha256": hmacsha2.HmacSha2.SHA256_SERVICE_ID,
     "sha512": hmacsha2.HmacSha2.SHA512_SERVICE_ID,
 }
 _PRIV_PROTOCOL: Final = {"aes": aes.Aes.SERVICE_ID, "none": nopriv.NoPriv.SERVICE_ID}
-# USM derives keys from passphrases of at least 8 octets (RFC 3414 §11.2).
-MIN_PASSPHRASE: Final = 8
-# Bounds of the per-request timeout and retries: a controller is on the cabinet LAN, so
-# an answer takes milliseconds; 10 s x 5 tries would already hide a dead unit for a minute.
-MAX_TIMEOUT: Final = 10.0
-MAX_RETRIES: Final = 5
-# Slack on top of pysnmp's own timeout x tries for the hard asyncio bound around a GET.
-_SLACK: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Community:
-    """SNMPv2c: the community string (a password in clear on the wire; LAN use only)."""
-
-    community: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Usm:
-    """SNMPv3 USM: authPriv with ``priv = "aes"`` (AES-128 CFB, RFC 3826), else authNoPriv."""
-
-    user: str
-    auth_key: str = field(repr=False)
-    priv_key: str = field(repr=False, default="")
-    auth: Auth = "sha"
-    priv: Priv = "aes"
-
-    def __post_init__(self) -> None:
-        if not self.user:
-            raise ValueError("user: empty")
-        if self.auth not in AUTHS or self.priv not in PRIVS:
-            raise ValueError(f"auth one of {AUTHS}, priv one of {PRIVS}")
-        if len(self.auth_key) < MIN_PASSPHRASE:
-            raise ValueError(f"auth_key: at least {MIN_PASSPHRASE} characters (RFC 3414 §11.2)")
-        if self.priv != "none" and len(self.priv_key) < MIN_PASSPHRASE:
-            raise ValueError(f"priv_key: at least {MIN_PASSPHRASE} characters (RFC 3414 §11.2)")
-
-
-Credentials = Community | Usm
 
 
 def _auth_data(credentials: Credentials) -> CommunityData | UsmUserData:
@@ -131,6 +91,11 @@ def to_value(value: object) -> SnmpValue:
     return Other(name)
 
 
+def new_engine() -> SnmpEngine:
+    """A pysnmp engine (SNMPv3 engine id, USM state); one serves every device."""
+    return SnmpEngine()
+
+
 class SnmpDevice:
     """One SNMP device read with one GET per poll; read-only (NTCIP control is out of scope)."""
 
@@ -142,8 +107,8 @@ class SnmpDevice:
         port: int,
         credentials: Credentials,
         profile: SnmpProfile,
-        timeout: float = 1.0,
-        retries: int = 1,
+        timeout: float,
+        retries: int,
         engine: SnmpEngine | None = None,
     ) -> None:
         if not 0 < timeout <= MAX_TIMEOUT or not 0 <= retries <= MAX_RETRIES:
@@ -155,7 +120,7 @@ class SnmpDevice:
         self.timeout = timeout
         self.retries = retries
         self._auth = _auth_data(credentials)
-        self._engine = engine or SnmpEngine()
+        self._engine = engine or new_engine()
         self._owns_engine = engine is None
         self._target: UdpTransportTarget | None = None
         self._request = tuple(ObjectType(ObjectIdentity(obj.dotted)) for obj in profile.objects)

@@ -10,14 +10,21 @@ schema reader every TOML file of the project uses (``drivers/profile.py``).
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from drivers.profile import (
+from drivers.point import (
     DEFAULT_HEARTBEAT,
     MAX_HEARTBEAT,
+    POINT_NAME,
+    POINT_NAME_TEXT,
+    PointSpec,
+    PointSpecError,
+)
+from drivers.profile import (
     PROFILES_DIR,
     Problems,
     ProfileError,
@@ -27,8 +34,8 @@ from drivers.profile import (
     show,
 )
 
-_NAME: Final = re.compile(r"[a-z0-9_]{1,32}")
-_NAME_TEXT: Final = 'a point name: 1 to 32 of a-z, 0-9, "_"'
+_NAME: Final = POINT_NAME
+_NAME_TEXT: Final = POINT_NAME_TEXT
 _MODEL: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # A dotted OID: RFC 2578 §7.1.3 allows at most 128 sub-identifiers, each < 2^32.
 _OID: Final = re.compile(r"[0-2](\.\d{1,10}){1,127}")
@@ -55,21 +62,27 @@ def parse_oid(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SnmpObject:
-    """One point read as an INTEGER at ``oid``; ``object`` is the standard's name for it."""
+class SnmpObject(PointSpec):
+    """A number point read as an INTEGER at ``oid``; ``object`` is the standard's name for
+    it. ``minimum``/``maximum`` are its SYNTAX range (default: all of Integer32)."""
 
-    name: str
     object: str
     oid: tuple[int, ...]
-    minimum: int = INT32_MIN
-    maximum: int = INT32_MAX
     optional: bool = False
 
     def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
-            raise ValueError(f"name: expected {_NAME_TEXT}, got {show(self.name)}")
-        if not INT32_MIN <= self.minimum <= self.maximum <= INT32_MAX:
-            raise ValueError(f"{self.name}: min {self.minimum} and max {self.maximum} out of order")
+        object.__setattr__(self, "kind", "number")
+        PointSpec.__post_init__(self)
+        if not self.oid:
+            raise PointSpecError("oid", "empty")
+
+    @property
+    def lo(self) -> int:
+        return INT32_MIN if self.minimum is None else math.ceil(self.minimum)
+
+    @property
+    def hi(self) -> int:
+        return INT32_MAX if self.maximum is None else math.floor(self.maximum)
 
     @property
     def dotted(self) -> str:
@@ -77,19 +90,20 @@ class SnmpObject:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Flag:
-    """A boolean point: ``source`` has bit ``bit`` set, or its value is one of ``values``."""
+class Flag(PointSpec):
+    """A bool point: ``source`` has bit ``bit`` set, or its value is one of ``values``."""
 
-    name: str
     source: str
     bit: int | None = None
     values: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", "bool")
+        PointSpec.__post_init__(self)
         if (self.bit is None) == (not self.values):
-            raise ValueError(f"{self.name}: give exactly one of bit and in")
+            raise PointSpecError("bit", "give exactly one of bit and in")
         if self.bit is not None and not 0 <= self.bit <= 31:
-            raise ValueError(f"{self.name}: bit is 0..31, got {self.bit}")
+            raise PointSpecError("bit", f"expected 0..31, got {self.bit}")
 
     def of(self, value: int) -> bool:
         if self.bit is not None:
@@ -99,15 +113,14 @@ class Flag:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnmpProfile:
-    """A device model read over SNMP; ``deadband``/``heartbeat`` are its reporting defaults."""
+    """A device model read over SNMP (a :class:`~drivers.point.Model`): its objects, then
+    the flags derived from them."""
 
     name: str
     vendor: str
     description: str
     objects: tuple[SnmpObject, ...]
     flags: tuple[Flag, ...]
-    deadband: float
-    heartbeat: float
     source: Path
 
     def __post_init__(self) -> None:
@@ -124,8 +137,21 @@ class SnmpProfile:
                 raise ValueError(f"{flag.name}: no object {flag.source!r}")
 
     @property
+    def points(self) -> tuple[PointSpec, ...]:
+        return (*self.objects, *self.flags)
+
+    @property
     def point_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.objects) + tuple(f.name for f in self.flags)
+        return tuple(p.name for p in self.points)
+
+    def point(self, name: str) -> PointSpec:
+        """The point called ``name``; KeyError (with a suggestion) if the model has none."""
+        for spec in self.points:
+            if spec.name == name:
+                return spec
+        raise KeyError(
+            f"profile {self.name!r} has no point {name!r}" + did_you_mean(name, self.point_names)
+        )
 
 
 def builtin_snmp_profiles() -> list[str]:
@@ -170,8 +196,8 @@ def _load_file(path: Path, label: str) -> SnmpProfile:
     deadband = model.number("deadband", 0, default=0.0)
     heartbeat = model.number("heartbeat", 1, MAX_HEARTBEAT, default=DEFAULT_HEARTBEAT)
     model.close()
-    objects = [_read_object(sec) for sec in root.tables("objects")]
-    flags = [_read_flag(sec) for sec in root.tables("flags", required=False)]
+    objects = [_read_object(sec, deadband, heartbeat) for sec in root.tables("objects")]
+    flags = [_read_flag(sec, heartbeat) for sec in root.tables("flags", required=False)]
     root.close()
     if problems.errors:
         raise ProfileError(problems.errors)
@@ -182,15 +208,13 @@ def _load_file(path: Path, label: str) -> SnmpProfile:
             description=description,
             objects=tuple(o for o in objects if o is not None),
             flags=tuple(f for f in flags if f is not None),
-            deadband=deadband,
-            heartbeat=heartbeat,
             source=path,
         )
     except ValueError as exc:
         raise ProfileError([f"{label}: {exc}"]) from exc
 
 
-def _read_object(sec: Section) -> SnmpObject | None:
+def _read_object(sec: Section, deadband: float, heartbeat: float) -> SnmpObject | None:
     mark = sec.problems.mark()
     name = sec.string("name", pattern=_NAME, expected=_NAME_TEXT)
     obj = sec.string("object")
@@ -206,15 +230,26 @@ def _read_object(sec: Section) -> SnmpObject | None:
     if sec.ok("min") and sec.ok("max") and minimum > maximum:
         sec.error("max", f"below min ({minimum})")
     optional = sec.boolean("optional", default=False)
+    unit = sec.string("unit", default="")
+    deadband = sec.number("deadband", 0, default=deadband)
+    heartbeat = sec.number("heartbeat", 1, MAX_HEARTBEAT, default=heartbeat)
     sec.close()
     if not sec.problems.clean_since(mark):
         return None
     return SnmpObject(
-        name=name, object=obj, oid=oid, minimum=minimum, maximum=maximum, optional=optional
+        name=name,
+        object=obj,
+        oid=oid,
+        minimum=minimum,
+        maximum=maximum,
+        optional=optional,
+        unit=unit,
+        deadband=deadband,
+        heartbeat=heartbeat,
     )
 
 
-def _read_flag(sec: Section) -> Flag | None:
+def _read_flag(sec: Section, heartbeat: float) -> Flag | None:
     mark = sec.problems.mark()
     name = sec.string("name", pattern=_NAME, expected=_NAME_TEXT)
     source = sec.string("from")
@@ -234,7 +269,9 @@ def _read_flag(sec: Section) -> Flag | None:
             sec.error("in", f"expected a non-empty list of integers, got {show(raw)}")
         else:
             values = frozenset(raw)
+    heartbeat = sec.number("heartbeat", 1, MAX_HEARTBEAT, default=heartbeat)
     sec.close()
     if not sec.problems.clean_since(mark):
         return None
-    return Flag(name=name, source=source, bit=bit, values=values)
+    # A flag is a state: every change is sent, so no deadband.
+    return Flag(name=name, source=source, bit=bit, values=values, heartbeat=heartbeat)

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from pysnmp.proto.api import v2c
 
 from drivers.device import DriverError
-from drivers.snmp.device import Community, SnmpDevice, Usm
+from drivers.snmp.credentials import Community, Usm
+from drivers.snmp.device import SnmpDevice
 from drivers.snmp.profile import load_snmp_profile
 from sim.devices.signal_controller import (
     CROSS,

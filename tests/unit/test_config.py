@@ -317,7 +317,7 @@ CASES = [
     ),
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
-        'devices[0].driver: expected one of "modbus-rtu", got "modbus-rtv"; '
+        'devices[0].driver: expected one of "modbus-rtu", "ntcip", got "modbus-rtv"; '
         'did you mean "modbus-rtu"?',
         id="driver",
     ),
