@@ -94,7 +94,7 @@ class Scenario:
     """Whether the lighting circuit is switched by a contactor on the line; without
     one the lamps are wired straight to the supply (always energised)."""
     contactor_unit: int = 40
-    signal: bool = False
+    signal: bool = True
     """Whether a traffic signal controller (NTCIP 1202 over SNMP) is on the cabinet LAN,
     as a real SNMP agent on a loopback UDP port (:attr:`Cabinet.signal`)."""
     lamp_rated_w: tuple[float, float] = (60.0, 90.0)

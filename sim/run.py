@@ -38,7 +38,7 @@ from central.commander import (
 )
 from central.post import CentralPost, load_public_pem
 from sim.broker import Mosquitto
-from sim.cabinet import Cabinet, Scenario
+from sim.cabinet import SIGNAL_USER, Cabinet, Scenario
 from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.proxy import LinkProxy, LinkState
@@ -235,6 +235,21 @@ def agent_config(
             f"address = {dev['unit']}",
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
+        ]
+    if cabinet.signal is not None:
+        # The junction's controller on the cabinet LAN, over SNMPv3 authPriv (SHA + AES).
+        signal, user = cabinet.signal, SIGNAL_USER
+        lines += [
+            "",
+            "[[devices]]",
+            f'name = "{signal.name}"',
+            'driver = "ntcip"',
+            f'host = "{signal.host}"',
+            f"port = {signal.port}",
+            'profile = "ntcip-1202-asc"',
+            "poll = 1.0",
+            f'v3 = {{ user = "{user.user}", auth = "sha", auth_key = "{user.auth_key}", '
+            f'priv = "aes", priv_key = "{user.priv_key}" }}',
         ]
     if tail:
         lines += ["", tail.rstrip("\n")]

@@ -237,9 +237,19 @@ class SignalController:
         self.community = community
         self.v3_users = v3_users
         self.overrides: dict[Oid, Override] = {}
-        # The socket is bound here, so the port is known (and kept across restarts).
-        self._sock = self._bind(port)
-        self.port: int = self._sock.getsockname()[1]
+        # The port is chosen now, so a configuration can name it before the agent starts,
+        # and kept across restarts; the socket exists only while the agent answers (a
+        # cabinet built only for its device table holds no socket).
+        if port == 0:
+            probe = self._bind(0)
+            port = probe.getsockname()[1]
+            probe.close()
+        self.port: int = port
+        # RFC 3411 §5 SnmpEngineID: enterprise format (bit 7 set, NEMA's 1206), then a
+        # text tail (format 4): stable for this controller's life.
+        self._engine_id = b"\x80\x00\x04\xb6\x04" + f"armoire-sim:{name}:{port}".encode()[:27]
+        self._boots = 0
+        self._sock: socket.socket | None = None
         self._engine: engine.SnmpEngine | None = None
 
     def _bind(self, port: int) -> socket.socket:
@@ -257,9 +267,8 @@ class SignalController:
         """Answer SNMP requests (again); needs a running event loop."""
         if self._engine is not None:
             return
-        if self._sock.fileno() < 0:
-            self._sock = self._bind(self.port)
-        snmp = engine.SnmpEngine()
+        self._sock = self._bind(self.port)
+        snmp = self._new_engine()
         config.add_transport(
             snmp, udp.DOMAIN_NAME, udp.UdpTransport().open_server_mode(sock=self._sock)
         )
@@ -288,16 +297,37 @@ class SignalController:
             responder(snmp, snmp_context)
         self._engine = snmp
 
+    def _new_engine(self) -> engine.SnmpEngine:
+        """An engine with this controller's snmpEngineID and its next snmpEngineBoots.
+
+        A real controller keeps its engine ID across restarts and counts its boots (RFC
+        3414 §2.2), which is what lets an SNMPv3 manager carry on after a reboot. (Set
+        through the engine's MIB rather than its constructor, which would also persist
+        the boots in a file under /tmp.)
+        """
+        snmp = engine.SnmpEngine()
+        builder = snmp.get_mib_builder()
+        engine_id, boots = builder.import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
+        )
+        engine_id.syntax = engine_id.syntax.clone(self._engine_id)
+        snmp.snmpEngineID = engine_id.syntax
+        self._boots += 1
+        boots.syntax = boots.syntax.clone(self._boots)
+        return snmp
+
     def stop(self) -> None:
         """Stop answering (a controller switched off or cut from the LAN)."""
         if self._engine is None:
             return
         self._engine.close_dispatcher()  # closes the transport, and with it the socket
         self._engine = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def close(self) -> None:
         self.stop()
-        self._sock.close()
 
     # -- fault injection (live view keys, tests) --
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from central.post import CentralPost
+from sim.cabinet import SIGNAL_NAME
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,16 @@ def _expected_points(site: Site) -> set[str]:
         "env-sensor": ["temperature", "humidity"],
         "contactor": ["command", "closed", "operations"],
     }  # fmt: skip
-    return {f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]}
+    table = site.cabinet.device_table()
+    modbus = {f"{d['name']}/{p}" for d in table for p in names[str(d["model"])]}
+    signal = {
+        f"{SIGNAL_NAME}/{p}"
+        for p in ["control_mode", "flash_status", "alarm_status2", "alarm_status1",
+                  "short_alarm", "reds", "yellows", "greens", "detector_alarms",
+                  "fault_flash", "scheduled_flash", "mmu_fault", "critical_alarm",
+                  "detector_fault"]
+    }  # fmt: skip
+    return modbus | signal
 
 
 def _latest(site: Site, point: str) -> tuple[object, int] | None:
@@ -43,7 +53,7 @@ def _latest(site: Site, point: str) -> tuple[object, int] | None:
 async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     """The control room would be missing values from the cabinet, or see unverifiable ones."""
     expected = _expected_points(site)
-    assert len(expected) == 69
+    assert len(expected) == 69 + 14  # the Modbus devices' points, the signal controller's
     await site.central.wait_for(lambda c: expected <= _points_seen(c, site.gw), WAIT_S)
     assert site.central.stats()["rejected"] == 0, site.central.rejections
     # Values are the simulated devices' values, with good quality.
@@ -135,7 +145,7 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
         "central_rejected", "central_duplicates", "readings", "points",
     }  # fmt: skip
     assert last["central_rejected"] == 0
-    assert last["points"] == 69
+    assert last["points"] == 69 + 14
     # A fresh data directory: nothing retained from an earlier run, so the figures agree.
     assert last["central_verified"] == last["agent_published"] > 0
     assert last["central_verified"] == sum(last["central_by_kind"].values())

@@ -19,7 +19,7 @@ async def test_controls__keys_cut_restore_and_switch_devices(broker: Mosquitto) 
     """A demo user pressing a key would see nothing happen in the simulated cabinet."""
     quit_requested = asyncio.Event()
     async with (
-        Cabinet(Scenario(lamps=3), clock=FakeClock()) as cabinet,
+        Cabinet(Scenario(lamps=3, signal=False), clock=FakeClock()) as cabinet,
         LinkProxy("127.0.0.1", broker.port) as link,
     ):
         controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=quit_requested.set)
@@ -49,7 +49,7 @@ async def test_controls__signal_keys_inject_faults_the_driver_reads(broker: Mosq
     """x, m and n put the junction in fault flash, MMU fault and scheduled flash, as its SNMP
     agent then answers; pressed again, they clear it. Switching it off silences it."""
     async with (
-        Cabinet(Scenario(lamps=1, signal=True), clock=FakeClock()) as cabinet,
+        Cabinet(Scenario(lamps=1), clock=FakeClock()) as cabinet,
         LinkProxy("127.0.0.1", broker.port) as link,
     ):
         controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=lambda: None)
