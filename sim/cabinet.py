@@ -419,6 +419,11 @@ class Cabinet:
             snap[self.signal.name] = dict(self.signal.snapshot())
         return snap
 
+    @property
+    def device_names(self) -> list[str]:
+        """Every device, the signal controller (on the LAN) last."""
+        return [*self.devices, *([self.signal.name] if self.signal is not None else [])]
+
     def power_off(self, name: str) -> None:
         """Cut a device's supply: it stops answering (no reply at all).
 

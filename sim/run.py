@@ -370,7 +370,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                                 central,
                                 agent_state=_agent_state(agent),
                                 link_state=link.state.value,
-                                devices=list(cabinet.devices),
+                                devices=cabinet.device_names,
                             )
                             with contextlib.suppress(TimeoutError):
                                 async with asyncio.timeout(1.0):
