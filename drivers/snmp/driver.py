@@ -116,7 +116,7 @@ class SnmpBus:
         from drivers.snmp.device import new_engine  # pysnmp on demand
 
         self.engine = new_engine()
-        self.devices: list[str] = []
+        self.targets: list[str] = []  # host:port of each device, for status.json
         self._closed = asyncio.Event()
 
     @property
@@ -135,7 +135,8 @@ class SnmpBus:
             self.engine.close_dispatcher()
 
     def status(self) -> dict[str, Any]:
-        return {"open": not self._closed.is_set(), "devices": list(self.devices)}
+        # The same keys as a serial line's (the console and the view read them).
+        return {"port": "udp " + " ".join(self.targets), "open": True, "error": None}
 
 
 def build(name: str, model: Model, settings: object, ctx: BuildContext) -> Device:
@@ -147,7 +148,7 @@ def build(name: str, model: Model, settings: object, ctx: BuildContext) -> Devic
     if bus is None:
         bus = ctx.buses[BUS] = SnmpBus()
     assert isinstance(bus, SnmpBus)
-    bus.devices.append(name)
+    bus.targets.append(f"{settings.host}:{settings.port}")
     return SnmpDevice(
         name=name,
         host=settings.host,

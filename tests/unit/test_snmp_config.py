@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config, ConfigError, load_config
+from drivers.driver import BuildContext
+from drivers.registry import DRIVERS
 from drivers.snmp.credentials import Community, Usm
 from drivers.snmp.driver import DEFAULT_PORT, DEFAULT_RETRIES, DEFAULT_TIMEOUT, SnmpSettings
 from drivers.snmp.profile import SnmpProfile
@@ -151,3 +153,19 @@ def test_config__same_controller_twice_is_refused() -> None:
     second = V2.replace("signal-01", "signal-03")
     found = errors(HEAD + V2 + second)
     assert any("devices[1].host: 192.0.2.10:161 is already used by" in e for e in found), found
+
+
+async def test_build__one_shared_engine_and_a_status_like_a_line() -> None:
+    """Every SNMP device shares one engine (the snmp bus), whose status has the keys the
+    console and status.json read for every bus."""
+    cfg = load(HEAD + V2 + V3)
+    ctx = BuildContext(buses={}, response_timeout=0.3)
+    devices = [DRIVERS[d.driver].build(d.name, d.profile, d.settings, ctx) for d in cfg.devices]
+    assert list(ctx.buses) == ["snmp"]
+    bus = ctx.buses["snmp"]
+    status = bus.status()
+    assert {"port", "open", "error"} <= set(status)
+    assert status["port"] == "udp 192.0.2.10:161 tsc-north.cabinet.lan:1161"
+    for device in devices:
+        await device.close()
+    await bus.close()
