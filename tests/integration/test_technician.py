@@ -70,7 +70,7 @@ async def test_status__shows_link_devices_and_a_hold_counting_down(site: Site) -
     rc, out, _ = await _armoire("status", "--data", str(site.data), "--json")
     assert rc == 0
     status = json.loads(out)
-    assert set(status["devices"]) == set(site.cabinet.devices)
+    assert set(status["devices"]) == set(site.cabinet.device_names)
     assert status["holds"][0]["point"] == "lamp-02/level"
     assert 0 < status["holds"][0]["left_s"] <= 600
     assert status["running"] == status["pid"]
