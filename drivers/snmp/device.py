@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 
 # Slack on top of pysnmp's own timeout x tries for the hard asyncio bound around a GET.
 _SLACK: Final = 1.0
+# SNMPv3 polls failed in a row after which the device forgets what it discovered of the
+# controller (engine ID, boots, time): pysnmp keeps that 300 s, so a controller swapped
+# for a spare (another snmpEngineID at the same address) would stay unreadable for five
+# minutes. The device then uses an engine of its own (~0.8 MB), discovered afresh.
+REDISCOVER_AFTER: Final = 3
 
 _AUTH_PROTOCOL: Final = {
     "sha": hmacsha.HmacSha.SERVICE_ID,
@@ -126,12 +131,32 @@ class SnmpDevice:
         self._request = tuple(ObjectType(ObjectIdentity(obj.dotted)) for obj in profile.objects)
         # Problems of the last answer, logged once per change (STYLE.md: log-once).
         self.problems: tuple[str, ...] = ()
+        self._v3 = isinstance(credentials, Usm)
+        self._failed = 0  # polls failed in a row
 
     def __repr__(self) -> str:
         return f"SnmpDevice({self.name!r}, {self.host}:{self.port}, {self.profile.name})"
 
     async def read(self) -> Mapping[str, Reading]:
         """GET every object of the profile once; :class:`DriverError` with the reason."""
+        try:
+            values = await self._read()
+        except DriverError:
+            self._failed += 1
+            if self._v3 and self._failed % REDISCOVER_AFTER == 0:
+                self._rediscover()
+            raise
+        self._failed = 0
+        return values
+
+    def _rediscover(self) -> None:
+        if self._owns_engine:
+            self._engine.close_dispatcher()
+        self._engine = new_engine()
+        self._owns_engine = True
+        log.info("%s: SNMPv3 engine discovery starts afresh", self.name)
+
+    async def _read(self) -> Mapping[str, Reading]:
         if self._target is None:
             try:
                 self._target = await UdpTransportTarget.create(

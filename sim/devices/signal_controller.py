@@ -247,7 +247,7 @@ class SignalController:
         self.port: int = port
         # RFC 3411 §5 SnmpEngineID: enterprise format (bit 7 set, NEMA's 1206), then a
         # text tail (format 4): stable for this controller's life.
-        self._engine_id = b"\x80\x00\x04\xb6\x04" + f"armoire-sim:{name}:{port}".encode()[:27]
+        self._unit = 1  # which physical unit: a spare swapped in has another engine ID
         self._boots = 0
         self._sock: socket.socket | None = None
         self._engine: engine.SnmpEngine | None = None
@@ -297,6 +297,11 @@ class SignalController:
             responder(snmp, snmp_context)
         self._engine = snmp
 
+    @property
+    def _engine_id(self) -> bytes:
+        # 5 octets of format, then at most 27 of text (RFC 3411: 5..32 octets in all).
+        return b"\x80\x00\x04\xb6\x04" + f"{self.port}/{self._unit}/{self.name}".encode()[:27]
+
     def _new_engine(self) -> engine.SnmpEngine:
         """An engine with this controller's snmpEngineID and its next snmpEngineBoots.
 
@@ -330,6 +335,14 @@ class SignalController:
         self.stop()
 
     # -- fault injection (live view keys, tests) --
+
+    def replace_unit(self) -> None:
+        """Swap the controller for a spare: same address and users, another snmpEngineID."""
+        self._unit += 1
+        self._boots = 0
+        if self.running:
+            self.stop()
+            self.start()
 
     def set_fault_flash(self, on: bool) -> None:
         self.junction.fault_flash = on

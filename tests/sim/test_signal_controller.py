@@ -16,7 +16,7 @@ from pysnmp.proto.api import v2c
 
 from drivers.device import DriverError
 from drivers.snmp.credentials import Community, Usm
-from drivers.snmp.device import SnmpDevice
+from drivers.snmp.device import REDISCOVER_AFTER, SnmpDevice
 from drivers.snmp.profile import load_snmp_profile
 from sim.devices.signal_controller import (
     CROSS,
@@ -178,6 +178,29 @@ async def test_driver__silent_controller_is_a_timeout_then_answers_again(
     assert loop.time() - start < TIMEOUT + 1.0 + 1.0  # bound + slack; never unbounded
     controller.start()
     assert (await device.read())["flash_status"] == 2
+
+
+async def test_driver__v3_controller_swapped_for_a_spare_reads_again(
+    controller: SignalController,
+) -> None:
+    """A controller replaced by a spare (another SNMPv3 engine ID at the same address) is
+    read again after a few failed polls, not after pysnmp's five-minute discovery cache."""
+    dev = v3(controller)
+    try:
+        assert (await dev.read())["flash_status"] == 2
+        controller.replace_unit()
+        failures = 0
+        for _ in range(REDISCOVER_AFTER + 1):
+            try:
+                values = await dev.read()
+            except DriverError:
+                failures += 1
+            else:
+                break
+        assert 0 < failures <= REDISCOVER_AFTER
+        assert values["flash_status"] == 2
+    finally:
+        await dev.close()
 
 
 async def test_driver__wrong_community_looks_like_silence(controller: SignalController) -> None:
