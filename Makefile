@@ -3,7 +3,8 @@
 #   make test   — install, then ruff, mypy and pytest
 # Both create .venv, install the project into it, and make sure mosquitto is
 # there (apt-get when run as root, otherwise they say what to run and exit 2); `make test`
-# also installs tmux for the live-view test (skipped, saying why, without it).
+# also installs tmux for the live-view test and net-snmp's tools (Debian "snmp") for the
+# SNMP cross-check (each skipped, saying why, without it).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,12 +12,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: iomodule-lib bench-iomodule demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux clean sim-image
+.PHONY: iomodule-lib bench-iomodule demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux snmp clean sim-image
 
 demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
 
-test: install mosquitto tmux iomodule-lib lint typecheck
+test: install mosquitto tmux snmp iomodule-lib lint typecheck
 	$(BIN)/pytest -q $(ARGS)
 
 lint: install
@@ -29,7 +30,7 @@ typecheck: install
 unit: install iomodule-lib
 	$(BIN)/pytest -q tests/unit
 
-integration: install mosquitto tmux iomodule-lib
+integration: install mosquitto tmux snmp iomodule-lib
 	$(BIN)/pytest -q tests/integration tests/sim
 
 bench: install mosquitto
@@ -73,6 +74,9 @@ mosquitto:
 
 tmux:
 	@sh scripts/ensure-tmux.sh
+
+snmp:
+	@sh scripts/ensure-snmp.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -21,6 +21,7 @@ import fnmatch
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,6 +71,16 @@ HELP: Final = {
     "exit": "exit                      leave (the session ends too)",
 }
 SESSION_COMMANDS: Final = frozenset({"override", "release", "action", "config", "trust"})
+# Configuration keys whose values are secrets (SNMP community, USM passphrases): `config
+# show` and `config diff` print them as "***", so a screen or a photo of it leaks nothing.
+_SECRET: Final = re.compile(
+    r"""\b(community|auth_key|priv_key)(\s*=\s*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+)
+
+
+def redact(text: str) -> str:
+    """``text`` (TOML) with the values of secret keys replaced by ``"***"``."""
+    return _SECRET.sub(r'\1\2"***"', text)
 
 
 class LogRing(logging.Handler):
@@ -501,7 +512,7 @@ class Session:
             raise _Usage("config show | check FILE | diff FILE | apply FILE")
         current = self.agent.config.source
         if args[0] == "show":
-            return current.read_text(errors="replace").rstrip("\n")
+            return redact(current.read_text(errors="replace")).rstrip("\n")
         if len(args) != 2:
             raise _Usage(f"config {args[0]} needs a FILE")
         path = Path(args[1])
@@ -517,13 +528,15 @@ class Session:
             return f"{path}: valid"
         if args[0] == "diff":
             diff = difflib.unified_diff(
-                current.read_text(errors="replace").splitlines(),
-                path.read_text(errors="replace").splitlines(),
+                redact(current.read_text(errors="replace")).splitlines(),
+                redact(path.read_text(errors="replace")).splitlines(),
                 str(current),
                 str(path),
                 lineterm="",
             )
-            return "\n".join(diff) or "no difference"
+            if (text := "\n".join(diff)) or current.read_bytes() == path.read_bytes():
+                return text or "no difference"
+            return "only secret values (shown as ***) differ"
         if self._restart is None:
             return "% config apply is not available here"
         sub = self.token.sub if self.token else "?"

@@ -8,7 +8,7 @@ can be reviewed together.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from agent.clock import Clock, wall_ms
 from agent.messages import MessageFactory, Severity, Topic, topic
@@ -119,11 +119,21 @@ class Events:
             )
             self._outbox.clear_alarm(item, code=DEVICE_COMM_FAIL, src=device)
 
-    def rule_alarm(self, *, code: str, severity: int, src: str, raised: bool, msg: str) -> None:
+    def rule_alarm(
+        self,
+        *,
+        code: str,
+        severity: int,
+        src: str,
+        raised: bool,
+        msg: str,
+        kind: Literal["alarm", "event"] = "alarm",
+    ) -> None:
         """Raise or clear a fail-safe rule's alarm, once per transition, remembered across
-        restarts (``src`` "" for a rule about the whole cabinet)."""
+        restarts (``src`` "" for a rule about the whole cabinet). ``kind = "event"``: the
+        same pair sent as an event (class ``event``, forwarded after alarms)."""
         item = self.pending(
-            MsgClass.ALARM,
+            MsgClass.ALARM if kind == "alarm" else MsgClass.EVENT,
             code=code,
             severity=Severity(severity) if raised else Severity.NOTICE,
             state="raised" if raised else "cleared",

@@ -167,11 +167,16 @@ Term = PointTerm | QualityTerm | UplinkTerm | SunTerm | TimeTerm
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlarmAction:
-    """Raise ``code`` at ``severity`` when the rule fires; clear it when the rule clears."""
+    """Raise ``code`` at ``severity`` when the rule fires; clear it when the rule clears.
+
+    ``kind = "event"`` reports a condition that is not a fault (a scheduled flash of a
+    traffic signal): the same raised/cleared pair, sent as an event, not an alarm.
+    """
 
     code: str
     severity: int
     msg: str
+    kind: Literal["alarm", "event"] = "alarm"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -371,6 +376,7 @@ def _alarm(sec: Section) -> AlarmAction | None:
         code=sub.string("code", pattern=_CODE, expected='an event code "area.what"'),
         severity=severity_of(sub, "severity", "error"),
         msg=sub.string("msg", default="{src}: {code}"),
+        kind=sub.choice("kind", ("alarm", "event"), default="alarm"),
     )
     sub.close()
     return alarm

@@ -430,7 +430,12 @@ class Agent:
 
     def _rule_alarm(self, action: AlarmAction, src: str, raised: bool, msg: str) -> None:
         self.events.rule_alarm(
-            code=action.code, severity=action.severity, src=src, raised=raised, msg=msg
+            code=action.code,
+            severity=action.severity,
+            src=src,
+            raised=raised,
+            msg=msg,
+            kind=action.kind,
         )
 
     async def _device_action(self, action: DeviceAction, src: str) -> None:

@@ -509,7 +509,10 @@ class Profile:
 
 def builtin_profiles() -> list[str]:
     """Names of the profiles shipped in ``drivers/profiles``."""
-    return sorted(path.stem for path in PROFILES_DIR.glob("*.toml"))
+    # ntcip-*.toml are SNMP object maps (drivers/snmp/profile.py), not register maps.
+    return sorted(
+        path.stem for path in PROFILES_DIR.glob("*.toml") if not path.stem.startswith("ntcip-")
+    )
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> Profile:

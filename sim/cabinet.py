@@ -44,6 +44,7 @@ from agent.clock import Clock, SystemClock
 from sim.devices import Contactor, Device, EnvSensor, Lamp, Meter
 from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
+from sim.devices.signal_controller import SignalController, V3User
 from sim.iomodule import IoModuleProcess
 from sim.serial_line import VirtualSerialLine
 
@@ -59,6 +60,11 @@ ENV_NAME = "env"
 CONTACTOR_NAME = "contactor"
 IOMODULE_NAME = "cabinet"  # the agent's device name for the I/O module
 IOMODULE_ROLE = "iomodule"  # its serial role in board/sim.toml
+SIGNAL_NAME = "signal-01"
+# The SNMPv2c community and SNMPv3 USM user of the simulated signal controller (the
+# agent's configuration written by the simulator names the same).
+SIGNAL_COMMUNITY = "armoire-sim"
+SIGNAL_USER = V3User(user="armoire", auth_key="sim-auth-key", priv_key="sim-priv-key")
 
 # Range of the contactor's operations counter at start: a lighting contactor
 # switches twice a day, so a few years of service.
@@ -94,6 +100,9 @@ class Scenario:
     by the I/O module's lighting relay (if the cabinet has the module), else the lamps are
     wired straight to the supply (always energised)."""
     contactor_unit: int = 40
+    signal: bool = True
+    """Whether a traffic signal controller (NTCIP 1202 over SNMP) is on the cabinet LAN,
+    as a real SNMP agent on a loopback UDP port (:attr:`Cabinet.signal`)."""
     lamp_rated_w: tuple[float, float] = (60.0, 90.0)
     """Range the (fixed, seeded) rated power of each lamp is drawn from, W."""
     lamp_start_hours: tuple[float, float] = (70_000.0, 90_000.0)
@@ -304,6 +313,12 @@ class Cabinet:
             self.devices[ENV_NAME] = self._env
         if self._contactor is not None:
             self.devices[CONTACTOR_NAME] = self._contactor
+        # Not on a serial line: an IP device with its own SNMP agent, started with the lines.
+        self.signal: SignalController | None = None
+        if sc.signal:
+            self.signal = SignalController(
+                name=SIGNAL_NAME, community=SIGNAL_COMMUNITY, v3_users=(SIGNAL_USER,)
+            )
         self._line_of = sc.line_of()
         self._by_unit: list[dict[int, Device]] = [{} for _ in self.lines]
         for device in self.devices.values():
@@ -337,6 +352,8 @@ class Cabinet:
                 self._servers.append(server)
             if self.iomodule_line is not None:
                 await self._start_iomodule(self.iomodule_line)
+            if self.signal is not None:
+                self.signal.start()
         except BaseException:
             await self.close()
             raise
@@ -365,6 +382,8 @@ class Cabinet:
         if self._iomodule_tmp is not None:
             shutil.rmtree(self._iomodule_tmp, ignore_errors=True)
             self._iomodule_tmp = None
+        if self.signal is not None:
+            self.signal.close()
         servers, self._servers = self._servers, []
         for server in servers:
             await server.shutdown()  # type: ignore[no-untyped-call]
@@ -409,6 +428,8 @@ class Cabinet:
         """Advance the whole model by ``dt`` seconds."""
         if dt < 0:
             raise ValueError(f"dt must be >= 0, got {dt}")
+        if self.signal is not None:
+            self.signal.tick(dt)
         other = self.scenario.other_load_w
         load = sum(lamp.power_w for lamp in self._lamps) + other
         self._env.tick(dt, load_w=load)
@@ -437,7 +458,15 @@ class Cabinet:
 
     def snapshot(self) -> dict[str, Snapshot]:
         """Every device's :meth:`~sim.devices.Device.snapshot`, by name."""
-        return {name: device.snapshot() for name, device in self.devices.items()}
+        snap = {name: device.snapshot() for name, device in self.devices.items()}
+        if self.signal is not None:
+            snap[self.signal.name] = dict(self.signal.snapshot())
+        return snap
+
+    @property
+    def device_names(self) -> list[str]:
+        """Every device, the signal controller (on the LAN) last."""
+        return [*self.devices, *([self.signal.name] if self.signal is not None else [])]
 
     def power_off(self, name: str) -> None:
         """Cut a device's supply: it stops answering (no reply at all).
@@ -446,11 +475,23 @@ class Cabinet:
         contactor's relay module releases the coil, so the lighting circuit
         opens (from the next tick).
         """
+        if self.signal is not None and name == self.signal.name:
+            self.signal.stop()
+            return
         self._device(name).powered = False
 
     def power_on(self, name: str) -> None:
         """Restore a device's supply; it answers again with its settings kept."""
+        if self.signal is not None and name == self.signal.name:
+            self.signal.start()
+            return
         self._device(name).powered = True
+
+    def traffic_signal(self) -> SignalController:
+        """The junction's controller (``ValueError`` if the scenario has none)."""
+        if self.signal is None:
+            raise ValueError("this cabinet has no signal controller (Scenario.signal is false)")
+        return self.signal
 
     def fail_lamp(self, name: str) -> None:
         """Break a lamp: from the next tick it draws 0 W and reports failure=1."""

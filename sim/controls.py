@@ -3,8 +3,9 @@
 Keys act on the simulated world, never on the agent: cut, stall or restore
 the cabinet's uplink, restart the broker, switch a device off and on, fail or
 repair a lamp, open the cabinet door, cut the mains, put the UPS on battery,
-trip the surge arrester (the I/O module's contacts). What each key did is
-shown on the view's last line.
+trip the surge arrester (the I/O module's contacts), put the junction in fault
+flash, MMU fault or scheduled flash. What each key did is shown on the view's
+last line.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from sim.proxy import LinkProxy
 HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
     "1-9 device off/on · f fail/repair lamp-01 · d open/shut the door · m cut/restore mains · "
-    "u UPS on battery/mains · p trip/reset surge arrester · : command · q quit"
+    "u UPS on battery/mains · p trip/reset surge arrester · x fault flash · g MMU fault · "
+    "n scheduled flash · : command · q quit"
 )
 # The same in 80 columns.
-HELP_SHORT = "keys: c/s/r link · b broker · 1-9 off/on · f lamp · d/m/u/p cabinet · : cmd · q"
+HELP_SHORT = "keys: c/s/r link · b 1-9 f · d/m/u/p cabinet · x/g/n signal · : cmd · q"
 # The cabinet's contacts on the I/O module: key -> (contact, words when active, inactive).
 CABINET_KEYS = {
     "d": ("door", "cabinet door opened", "cabinet door shut"),
@@ -125,6 +127,8 @@ class Controls:
                 else:
                     self.cabinet.fail_lamp(devices[0])
                     self.last = f"{devices[0]} lamp failed"
+            case "x" | "g" | "n" if self.cabinet.signal is not None:
+                self._signal(key)
             case "q":
                 self._quit()
             case key if key in CABINET_KEYS:
@@ -146,6 +150,22 @@ class Controls:
                     self.last = f"{name} switched on"
             case _:
                 pass
+
+    def _signal(self, key: str) -> None:
+        """Toggle one of the junction's injectable conditions."""
+        signal = self.cabinet.traffic_signal()
+        junction = signal.junction
+        match key:
+            case "x":
+                on, what = not junction.fault_flash, "fault flash"
+                signal.set_fault_flash(on)
+            case "g":
+                on, what = not junction.mmu_fault, "MMU fault"
+                signal.set_mmu_fault(on)
+            case _:
+                on, what = not junction.scheduled_flash, "scheduled flash"
+                signal.set_scheduled_flash(on)
+        self.last = f"{signal.name} {what} {'on' if on else 'off'}"
 
     def _edit(self, key: str) -> None:
         match key:

@@ -38,7 +38,7 @@ from central.commander import (
 )
 from central.post import CentralPost, load_public_pem
 from sim.broker import Mosquitto
-from sim.cabinet import IOMODULE_NAME, IOMODULE_ROLE, Cabinet, Scenario
+from sim.cabinet import IOMODULE_NAME, IOMODULE_ROLE, SIGNAL_USER, Cabinet, Scenario
 from sim.console_pty import ConsolePty
 from sim.controls import COMMAND_HELP, HELP, HELP_SHORT, Controls
 from sim.lifetime import tied_to_parent
@@ -251,6 +251,21 @@ def agent_config(
             'profile = "iomodule"',
             "poll = 1.0",
         ]
+    if cabinet.signal is not None:
+        # The junction's controller on the cabinet LAN, over SNMPv3 authPriv (SHA + AES).
+        signal, user = cabinet.signal, SIGNAL_USER
+        lines += [
+            "",
+            "[[devices]]",
+            f'name = "{signal.name}"',
+            'driver = "ntcip"',
+            f'host = "{signal.host}"',
+            f"port = {signal.port}",
+            'profile = "ntcip-1202-asc"',
+            "poll = 1.0",
+            f'v3 = {{ user = "{user.user}", auth = "sha", auth_key = "{user.auth_key}", '
+            f'priv = "aes", priv_key = "{user.priv_key}" }}',
+        ]
     if tail:
         lines += ["", tail.rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -372,7 +387,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                                 central,
                                 agent_state=_agent_state(agent),
                                 link_state=link.state.value,
-                                devices=list(cabinet.devices),
+                                devices=cabinet.device_names,
                             )
                             with contextlib.suppress(TimeoutError):
                                 async with asyncio.timeout(1.0):

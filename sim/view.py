@@ -40,8 +40,9 @@ RATE_WINDOW = 15.0
 PANEL_MIN_ROWS = 5
 QUALITY = {0: "good", 1: "stale", 2: "COMM_FAIL", 3: "out_of_range", 4: "overridden"}
 COMM_FAIL = 2
-# Points whose true value is a fault the device reports (sim/devices/lamp.py).
-FAULT_POINTS = ("failure",)
+# Points whose true value is a fault the device reports (sim/devices/lamp.py; the signal
+# controller's NTCIP 1202 flags, drivers/profiles/ntcip-1202-asc.toml).
+FAULT_POINTS = ("failure", "fault_flash", "mmu_fault")
 
 LineSource = Callable[[], str | None]
 
@@ -78,7 +79,10 @@ def _fmt(value: object) -> str:
 
 
 # Shown first in a device's row, so the values that matter survive a narrow terminal.
-FIRST_POINTS = ("level", "on", "failure", "power", "closed", "command", "temperature", "humidity")
+FIRST_POINTS = (
+    "level", "on", "failure", "power", "closed", "command", "temperature", "humidity",
+    "flash_status", "fault_flash", "mmu_fault", "greens", "yellows", "reds",
+)  # fmt: skip
 
 
 def _rank(point: str) -> int:

@@ -12,6 +12,7 @@ import pytest
 from central.post import CentralPost
 from drivers.iomodule.device import POINTS as IO_POINTS
 from sim.broker import Mosquitto
+from sim.cabinet import SIGNAL_NAME
 from sim.lifetime import tied_to_parent
 from tests.integration.conftest import NO_SCHEDULE, Site, open_site
 
@@ -41,9 +42,16 @@ def _expected_points(site: Site) -> set[str]:
         "contactor": ["command", "closed", "operations"],
     }  # fmt: skip
     cabinet = {f"cabinet/{p}" for p in IO_POINTS} if site.cabinet.scenario.iomodule else set()
-    return cabinet | {
-        f"{d['name']}/{p}" for d in site.cabinet.device_table() for p in names[str(d["model"])]
-    }
+    table = site.cabinet.device_table()
+    modbus = {f"{d['name']}/{p}" for d in table for p in names[str(d["model"])]}
+    signal = {
+        f"{SIGNAL_NAME}/{p}"
+        for p in ["control_mode", "flash_status", "alarm_status2", "alarm_status1",
+                  "short_alarm", "reds", "yellows", "greens", "detector_alarms",
+                  "fault_flash", "scheduled_flash", "mmu_fault", "critical_alarm",
+                  "detector_fault"]
+    }  # fmt: skip
+    return cabinet | modbus | signal
 
 
 def _latest(site: Site, point: str) -> tuple[object, int] | None:
@@ -54,7 +62,7 @@ def _latest(site: Site, point: str) -> tuple[object, int] | None:
 async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     """The control room would be missing values from the cabinet, or see unverifiable ones."""
     expected = _expected_points(site)
-    assert len(expected) == 69 + len(IO_POINTS)
+    assert len(expected) == 69 + 14 + len(IO_POINTS)  # Modbus, signal controller, I/O module
     await site.central.wait_for(lambda c: expected <= _points_seen(c, site.gw), WAIT_S)
     assert site.central.stats()["rejected"] == 0, site.central.rejections
     # Values are the simulated devices' values, with good quality.
@@ -150,7 +158,7 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
         "central_rejected", "central_duplicates", "readings", "points",
     }  # fmt: skip
     assert last["central_rejected"] == 0
-    assert last["points"] == 69 + len(IO_POINTS)  # the Modbus devices and the I/O module
+    assert last["points"] == 69 + 14 + len(IO_POINTS)  # Modbus, signal controller, I/O module
     # A fresh data directory: nothing retained from an earlier run, so the figures agree.
     assert last["central_verified"] == last["agent_published"] > 0
     assert last["central_verified"] == sum(last["central_by_kind"].values())

@@ -14,8 +14,9 @@ from sim.lifetime import tied_to_parent
 pytestmark = pytest.mark.integration
 
 LAMPS, LINES = 30, 2
-# Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor.
-POINTS = 7 * LAMPS + 8 + 2 + 3 + 8  # lamps, meter, sensor, contactor, I/O module
+# Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor,
+# 14 for the signal controller (on the LAN, its own "snmp" bus), 8 for the I/O module.
+POINTS = 7 * LAMPS + 8 + 2 + 3 + 14 + 8
 
 
 async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Path) -> None:
@@ -39,8 +40,9 @@ async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Pa
     assert {role: line["open"] for role, line in status["lines"].items()} == {
         "rs485_1": True,
         "rs485_2": True,
+        "snmp": True,
     }
-    assert len(status["devices"]) == LAMPS + 4
+    assert len(status["devices"]) == LAMPS + 3 + 1 + 1  # + signal controller, I/O module
     # None failed; one poll missed at the last instant (a loaded 2-core machine) is only
     # "degraded", and every device's points reached the central post anyway (points above).
     assert "comm_fail" not in {d["state"] for d in status["devices"].values()}

@@ -71,8 +71,8 @@ async def test_status__shows_link_devices_and_a_hold_counting_down(site: Site) -
     rc, out, _ = await _armoire("status", "--data", str(site.data), "--json")
     assert rc == 0
     status = json.loads(out)
-    # The Modbus devices and the I/O module (the agent's device "cabinet").
-    assert set(status["devices"]) == {*site.cabinet.devices, IOMODULE_NAME}
+    # The Modbus devices, the signal controller and the I/O module (the agent's "cabinet").
+    assert set(status["devices"]) == {*site.cabinet.device_names, IOMODULE_NAME}
     assert status["holds"][0]["point"] == "lamp-02/level"
     assert 0 < status["holds"][0]["left_s"] <= 600
     assert status["running"] == status["pid"]

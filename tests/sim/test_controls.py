@@ -22,7 +22,7 @@ async def test_controls__keys_cut_restore_and_switch_devices(broker: Mosquitto) 
     """A demo user pressing a key would see nothing happen in the simulated cabinet."""
     quit_requested = asyncio.Event()
     async with (
-        Cabinet(Scenario(lamps=3), clock=FakeClock()) as cabinet,
+        Cabinet(Scenario(lamps=3, signal=False), clock=FakeClock()) as cabinet,
         LinkProxy("127.0.0.1", broker.port) as link,
     ):
         controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=quit_requested.set)
@@ -42,7 +42,8 @@ async def test_controls__keys_cut_restore_and_switch_devices(broker: Mosquitto) 
         async with asyncio.timeout(5):
             while link.state is not LinkState.UP:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-        controls.handle("x")  # unbound keys do nothing
+        controls.handle("x")  # no signal controller in this cabinet: nothing
+        controls.handle("z")  # unbound keys do nothing
         controls.handle("q")
         assert quit_requested.is_set()
 
@@ -84,3 +85,31 @@ async def test_controls__cabinet_keys_drive_the_simulated_gpio(tmp_path: Path) -
             controls.handle("p")
             received = [hal.recv(64) for _ in range(3)]
     assert received == [b"door_contact 1", b"mains_sense 0", b"spd_fault 1"]
+
+
+async def test_controls__signal_keys_inject_faults_the_driver_reads(broker: Mosquitto) -> None:
+    """x, g and n put the junction in fault flash, MMU fault and scheduled flash, as its SNMP
+    agent then answers; pressed again, they clear it. Switching it off silences it."""
+    async with (
+        Cabinet(Scenario(lamps=1), clock=FakeClock()) as cabinet,
+        LinkProxy("127.0.0.1", broker.port) as link,
+    ):
+        controls = Controls(cabinet=cabinet, link=link, broker=broker, quit=lambda: None)
+        signal = cabinet.traffic_signal()
+        controls.handle("x")
+        assert controls.last == "signal-01 fault flash on"
+        assert signal.junction.flash_status() == 5
+        controls.handle("g")
+        assert signal.junction.flash_status() == 6
+        controls.handle("x")
+        controls.handle("g")
+        controls.handle("n")
+        assert controls.last == "signal-01 scheduled flash on"
+        assert signal.junction.flash_status() == 3
+        controls.handle("n")
+        assert signal.junction.flash_status() == 2
+        assert cabinet.snapshot()["signal-01"]["answering"] is True
+        cabinet.power_off("signal-01")
+        assert cabinet.snapshot()["signal-01"]["answering"] is False
+        cabinet.power_on("signal-01")
+        assert signal.running

@@ -322,8 +322,8 @@ CASES = [
     ),
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
-        'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", "iomodule", "gpio", '
-        'got "modbus-rtv"; did you mean "modbus-rtu"?',
+        'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", "ntcip", "iomodule", '
+        '"gpio", got "modbus-rtv"; did you mean "modbus-rtu"?',
         id="driver",
     ),
     pytest.param(

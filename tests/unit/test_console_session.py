@@ -18,6 +18,7 @@ from agent.console_session import (
     SESSION_POINT,
     ConsoleState,
     Session,
+    redact,
 )
 from agent.runtime import Agent
 from agent.security.keys import init_gateway_keys
@@ -91,3 +92,19 @@ async def test_session__lockout_ends_after_its_time(rig: tuple[Agent, FakeClock,
     assert "locked out" in await one.handle(f"login {_token(agent, clock, central)}")
     await clock.advance(LOCKOUT_S)
     assert "session open" in await one.handle(f"login {_token(agent, clock, central)}")
+
+
+def test_redact__snmp_secrets_never_shown_by_config_show() -> None:
+    """`config show` on a technician's screen would show the SNMP community and USM keys."""
+    text = (
+        'community = "lan\\"secret"\n'
+        'v3 = { user = "armoire", auth_key = "auth-secret-1", priv_key = \'priv-secret-1\' }\n'
+        'name = "community"\n'
+    )
+    shown = redact(text)
+    for secret in ("lan", "auth-secret-1", "priv-secret-1"):
+        assert secret not in shown
+    assert 'community = "***"' in shown
+    assert 'user = "armoire"' in shown
+    assert 'name = "community"' in shown
+    assert redact(shown) == shown

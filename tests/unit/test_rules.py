@@ -158,6 +158,10 @@ def test_default_rules__load_and_cover_the_issue_hazards() -> None:
         "mains.lost",
         "ups.battery",
         "spd.tripped",
+        "signal.fault_flash",
+        "signal.mmu",
+        "signal.offline",
+        "signal.flash",
     }
 
 
@@ -406,6 +410,57 @@ def test_parse_rules__errors_name_the_path(text: str, error: str, tmp_path: Path
     assert data is not None
     parse_rules(Section(problems, "", data).tables("rules"))
     assert f"gw.toml: {error}" in problems.errors, problems.errors
+
+
+async def test_signal_fault_flash__critical_at_once_naming_the_junction(bench: Bench) -> None:
+    """A junction in fault flash is a critical alarm at the first poll that shows it, with
+    no hold-off; back to normal for 10 s clears it."""
+    bench.set("signal-01/fault_flash", False)
+    start = bench.clock.monotonic()
+    bench.set("signal-01/fault_flash", True)
+    await bench.run_for(0)
+    assert bench.record.raised("signal.fault_flash") == ["signal-01"]
+    assert bench.clock.monotonic() == start  # no time had to pass
+    bench.set("signal-01/fault_flash", False)
+    await bench.run_for(9)
+    assert bench.record.cleared("signal.fault_flash") == []
+    await bench.run_for(2)
+    assert bench.record.cleared("signal.fault_flash") == ["signal-01"]
+
+
+async def test_signal_mmu__critical_at_once(bench: Bench) -> None:
+    """A conflict-monitor (MMU) fault is its own critical alarm, raised at once."""
+    bench.set("tsc-north/mmu_fault", True)
+    await bench.run_for(0)
+    assert bench.record.raised("signal.mmu") == ["tsc-north"]
+
+
+async def test_signal_offline__critical_when_the_controller_stops_answering(bench: Bench) -> None:
+    """A controller whose points go comm_fail raises signal.offline at once (device.offline
+    only after 5 minutes); answering again for 10 s clears it."""
+    bench.set("signal-01/flash_status", 2)
+    bench.set("signal-01/flash_status", None, Quality.COMM_FAIL)
+    await bench.run_for(0)
+    assert bench.record.raised("signal.offline") == ["signal-01"]
+    assert bench.record.raised("device.offline") == []
+    bench.set("signal-01/flash_status", 2)
+    await bench.run_for(11)
+    assert bench.record.cleared("signal.offline") == ["signal-01"]
+
+
+async def test_signal_flash__scheduled_flash_is_an_event_not_a_fault(bench: Bench) -> None:
+    """Flash by the time-base schedule is reported (kind event), and raises no alarm."""
+    bench.set("signal-01/scheduled_flash", True)
+    bench.set("signal-01/fault_flash", False)
+    await bench.run_for(1)
+    assert bench.record.raised("signal.flash") == ["signal-01"]
+    assert bench.record.raised("signal.fault_flash") == []
+    (rule,) = [r for r in bench.engine.rules if r.name == "signal-flash"]
+    assert rule.alarm is not None
+    assert rule.alarm.kind == "event"
+    bench.set("signal-01/scheduled_flash", False)
+    await bench.run_for(1)
+    assert bench.record.cleared("signal.flash") == ["signal-01"]
 
 
 async def test_restart__rule_alarm_persisted_by_the_outbox(tmp_path: Path) -> None:
