@@ -73,9 +73,12 @@ async def test_e2e__every_point_verified_by_central_post(site: Site) -> None:
     # The Birth is retained and lists every point with its unit and writability.
     birth = site.central.state[site.gw]
     assert birth["online"] is True
-    # ... and the bus health points of every device and of the line.
-    health = {f"{d}/bus.{p}" for d in {n.split("/")[0] for n in expected} for p in BUS_POINTS}
-    assert set(birth["points"]) == expected | health | {"bus/rs485_1.utilisation"}
+    # ... and the bus health points of every polled device (the I/O module's link has its
+    # own counters in status.json) and of the RS-485 line and the SNMP exchanges.
+    polled = {n.split("/")[0] for n in expected} - {"cabinet"}
+    health = {f"{d}/bus.{p}" for d in polled for p in BUS_POINTS}
+    lines = {"bus/rs485_1.utilisation", "bus/snmp.utilisation"}
+    assert set(birth["points"]) == expected | health | lines
     assert birth["points"]["lamp-01/bus.latency_p99"] == {"unit": "ms", "w": False}
     assert birth["points"]["lamp-01/level"] == {"unit": "%", "w": True}
     assert birth["points"]["meter/voltage_l1"] == {"unit": "V", "w": False}
