@@ -65,9 +65,9 @@ NS: Final = {
     "wsu": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd",
 }
 # A URI naming the digest scheme, not a password.
-_PASSWORD_DIGEST: Final = (
+_DIGEST_TYPE: Final = (
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-    "#PasswordDigest"  # noqa: S105
+    "#PasswordDigest"
 )
 _BASE64: Final = (
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
@@ -122,7 +122,7 @@ def username_token(creds: Credentials, *, nonce: bytes, created: datetime) -> st
         f'<wsse:Security xmlns:wsse="{NS["wsse"]}" xmlns:wsu="{NS["wsu"]}" s:mustUnderstand="1">'
         "<wsse:UsernameToken>"
         f"<wsse:Username>{escape(creds.username)}</wsse:Username>"
-        f'<wsse:Password Type="{_PASSWORD_DIGEST}">{base64.b64encode(digest).decode()}'
+        f'<wsse:Password Type="{_DIGEST_TYPE}">{base64.b64encode(digest).decode()}'
         "</wsse:Password>"
         f'<wsse:Nonce EncodingType="{_BASE64}">{base64.b64encode(nonce).decode()}</wsse:Nonce>'
         f"<wsu:Created>{stamp}</wsu:Created>"
