@@ -7,10 +7,25 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
+import cbor2
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.clock import SystemClock
+from agent.cameras import Cameras
+from agent.clock import Clock, FakeClock, SystemClock
+from agent.commands import Command
+from agent.downlink import ActionRefused
+from agent.events import Events
+from agent.messages import MessageFactory
+from agent.outbox import Outbox
+from agent.points import Points, Quality, Sample
+from agent.rules import DeviceAction
+from agent.security.cose import Signer
+from agent.stills import Stills
+from central.blobs import Blob
+from central.post import Ledger
 from drivers.device import DriverError, Reading
 from drivers.onvif.camera import CameraSettings, OnvifCamera
 from drivers.onvif.soap import Credentials
@@ -18,6 +33,8 @@ from sim.camera import CameraSim
 from sim.jpeg import still
 
 PASSWORD = "cam-secret"  # the simulator's account
+GW = "cab-0001"
+KEY = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -201,3 +218,113 @@ async def test_sim__refuses_a_wrong_password_to_zeep(sim: CameraSim) -> None:
         ]
     finally:
         await camera.close()
+
+
+# -- the agent's camera side: stills stored, reassembled by the central post ----------
+
+
+def _agent_side(
+    tmp_path: Path, cameras: dict[str, OnvifCamera], clock: Clock
+) -> tuple[Cameras, Outbox]:
+    outbox = Outbox.open(tmp_path, clock)
+    factory = MessageFactory(gw=GW, boot=outbox.boot, signer=Signer(KEY))
+    events = Events(gw=GW, factory=factory, outbox=outbox, clock=clock)
+
+    async def snapshot(device: str) -> object:
+        return await cameras[device].action("snapshot", {})
+
+    stills = Stills(gw=GW, factory=factory, outbox=outbox, events=events, keep=4, snapshot=snapshot)
+    return Cameras(names=tuple(cameras), stills=stills, events=events, clock=clock), outbox
+
+
+def _command(args: dict[str, object]) -> Command:
+    return Command(
+        id=bytes(16),
+        gw=GW,
+        iat=0,
+        nbf=None,
+        exp=1,
+        op="action",
+        point=None,
+        value=None,
+        prio=10,
+        hold=None,
+        name="snapshot",
+        args=args,
+        kid=bytes(8),
+        role="operator",
+    )
+
+
+async def test_cameras__command_snapshot_reaches_the_central_post(
+    sim: CameraSim, tmp_path: Path
+) -> None:
+    """`action snapshot` takes a still, the Ack value names its SHA-256, and the central post
+    rebuilds the very JPEG the camera served and writes it to its data folder."""
+    clock = SystemClock()
+    cams, outbox = _agent_side(tmp_path / "gw", {"cam-01": _driver(sim)}, clock)
+    value = await cams.command(_command({"device": "cam-01"}))
+    sha = value["stills"]["cam-01"]["sha256"]
+    assert sha == hashlib.sha256(still(frame=1)).digest()
+    assert value["stills"]["cam-01"]["parts"] == 2  # 73 KB: two parts of <= 48 KiB
+
+    written: dict[str, bytes] = {}
+
+    def sink(blob: Blob) -> str:
+        written[blob.sha256.hex()] = blob.data
+        return "mem"
+
+    ledger = Ledger({GW: Signer(KEY).public_raw}, on_blob=sink)
+    for record in outbox.take(100):
+        ledger.receive(record.topic, record.payload)
+    assert written == {sha.hex(): still(frame=1)}
+    [event] = ledger.events
+    assert (event["code"], event["data"]["sha256"], event["data"]["reason"]) == (
+        "camera.snapshot",
+        sha,
+        "command",
+    )
+    outbox.close()
+
+
+async def test_cameras__unknown_camera_and_dead_camera(sim: CameraSim, tmp_path: Path) -> None:
+    """A snapshot of no camera is a bad request naming the cameras; of a dead one, the reason."""
+    cams, outbox = _agent_side(tmp_path, {"cam-01": _driver(sim)}, SystemClock())
+    with pytest.raises(ActionRefused, match="'lamp-01' is not a camera \\(cam-01\\)"):
+        await cams.command(_command({"device": "lamp-01"}))
+    await sim.set_power(False)
+    with pytest.raises(DriverError, match="cam-01"):
+        await cams.command(_command({}))
+    assert outbox.depth == 0
+    outbox.close()
+
+
+async def test_cameras__rule_src_snapshot(sim: CameraSim, tmp_path: Path) -> None:
+    """The camera-tamper rule's {src} asks the covered camera, and only it, for a still."""
+    async with CameraSim(password=PASSWORD) as other:
+        cameras = {"cam-01": _driver(sim), "cam-02": _driver(other)}
+        cams, outbox = _agent_side(tmp_path, cameras, SystemClock())
+        await cams.rule_action(DeviceAction(device="{src}", name="snapshot"), "cam-02")
+        assert (sim.snapshots, other.snapshots) == (0, 1)
+        await cams.rule_action(DeviceAction(device="cam-*", name="snapshot"), "cabinet")
+        assert (sim.snapshots, other.snapshots) == (1, 2)
+        assert outbox.stills() == 3
+        outbox.close()
+
+
+async def test_cameras__motion_events_rate_limited(tmp_path: Path) -> None:
+    """A busy street: one camera.motion Event per 10 s per camera, the rest counted."""
+    clock = FakeClock()
+    cams, outbox = _agent_side(tmp_path, {"cam-01": _driver(CameraSim())}, clock)
+    points = Points()
+    points.subscribe(cams.observe)
+    for i in range(6):
+        for value in (True, False):
+            points.update(Sample(name="cam-01/motion", value=value, quality=Quality.GOOD, t_ms=i))
+        await clock.advance(3)
+    events = [cbor2.loads(cbor2.loads(r.payload).value[2]) for r in outbox.take(100)]
+    assert [e["data"] for e in events] == [
+        {"motion": True, "suppressed": 0},
+        {"motion": True, "suppressed": 3},
+    ]
+    outbox.close()
