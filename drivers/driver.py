@@ -22,6 +22,7 @@ from drivers.profile import Section, show
 
 if TYPE_CHECKING:
     from agent.board import SerialPort
+    from agent.clock import Clock
 
 
 @dataclass(kw_only=True)
@@ -77,6 +78,7 @@ class BuildContext:
 
     buses: dict[str, Bus]
     response_timeout: float
+    clock: Clock | None = None  # the agent's (drivers that read time: cameras' clock drift)
 
 
 @dataclass(frozen=True, kw_only=True)

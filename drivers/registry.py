@@ -8,5 +8,8 @@ from typing import Final
 
 from drivers.driver import Driver
 from drivers.modbus import rtu
+from drivers.onvif import driver as onvif
 
-DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType({d.name: d for d in (rtu.DRIVER,)})
+DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType(
+    {d.name: d for d in (rtu.DRIVER, onvif.DRIVER)}
+)

@@ -111,7 +111,8 @@ class Credentials:
     """A camera account; ``repr`` never shows the password (it is never logged)."""
 
     username: str
-    password: str = field(repr=False)
+    # Secret: not in repr (logs), nor in the configuration's canonical form (its digest).
+    password: str = field(repr=False, metadata={"secret": True})
 
 
 def username_token(creds: Credentials, *, nonce: bytes, created: datetime) -> str:

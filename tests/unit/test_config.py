@@ -111,6 +111,7 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
         telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=64 * 2**20,
+        stills_max=16,
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.board == load_board("sim", base_dir=FIXTURES / "sim-data")
@@ -166,6 +167,7 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
         telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=512 * 2**20,
+        stills_max=16,
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.devices[0].poll == 1.0
@@ -317,7 +319,7 @@ CASES = [
     ),
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
-        'devices[0].driver: expected one of "modbus-rtu", got "modbus-rtv"; '
+        'devices[0].driver: expected one of "modbus-rtu", "onvif", got "modbus-rtv"; '
         'did you mean "modbus-rtu"?',
         id="driver",
     ),
