@@ -39,6 +39,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer
 
 from agent.clock import Clock, SystemClock
+from sim.camera import CameraSim
 from sim.devices import Contactor, Device, EnvSensor, Lamp, Meter
 from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
@@ -60,6 +61,11 @@ CONTACTOR_NAME = "contactor"
 CONTACTOR_START_OPERATIONS = (1_000, 4_000)
 
 SECONDS_PER_HOUR = 3600.0
+# Cameras of one cabinet: a crossroads has a handful; 16 covers any street cabinet.
+MAX_CAMERAS = 16
+# The simulated cameras' ONVIF account (written into the agent's configuration).
+CAMERA_USER = "armoire"
+CAMERA_PASSWORD = "sim-camera-pw"  # noqa: S105 (a simulator's account)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +103,9 @@ class Scenario:
     """Range of the meter's import counter at start, Wh."""
     ambient_c: float = 25.0
     """Centre of the cabinet air temperature's random walk, °C."""
+    cameras: int = 0
+    """ONVIF cameras (cam-01..) on the cabinet LAN: HTTP servers on loopback
+    (:class:`sim.camera.CameraSim`), not on the RS-485 lines."""
     other_load_w: float = 20.0
     """Power drawn on L1 besides the lamps (gateway, heater); negative = export
     (a solar panel), which makes the meter's total power negative."""
@@ -114,6 +123,8 @@ class Scenario:
                 f"({UNITS_PER_LINE} Modbus unit ids per line, {len(self._others())} taken "
                 f"by the meter, sensor and contactor), got {self.lamps}"
             )
+        if not 0 <= self.cameras <= MAX_CAMERAS:
+            raise ValueError(f"cameras must be 0..{MAX_CAMERAS}, got {self.cameras}")
         if self.baudrate <= 0:
             raise ValueError(f"baudrate must be positive, got {self.baudrate}")
         if self.tick <= 0:
@@ -287,6 +298,13 @@ class Cabinet:
             self.devices[ENV_NAME] = self._env
         if self._contactor is not None:
             self.devices[CONTACTOR_NAME] = self._contactor
+        # Cameras: own HTTP servers on loopback, started with the cabinet.
+        self.cameras: dict[str, CameraSim] = {
+            f"cam-{i:02d}": CameraSim(
+                name=f"cam-{i:02d}", username=CAMERA_USER, password=CAMERA_PASSWORD
+            )
+            for i in range(1, sc.cameras + 1)
+        }
         self._line_of = sc.line_of()
         self._by_unit: list[dict[int, Device]] = [{} for _ in self.lines]
         for device in self.devices.values():
@@ -306,6 +324,8 @@ class Cabinet:
             self.watchdog.parent.mkdir(parents=True, exist_ok=True)
             self.watchdog.write_bytes(b"")
         try:
+            for camera in self.cameras.values():
+                await camera.__aenter__()
             for index, line in enumerate(self.lines):
                 await line.start()
                 devices = self._by_unit[index]
@@ -329,6 +349,8 @@ class Cabinet:
             await server.shutdown()  # type: ignore[no-untyped-call]
         for line in self.lines:
             await line.close()
+        for camera in self.cameras.values():
+            await camera.__aexit__(None, None, None)
 
     async def __aenter__(self) -> Self:
         await self.start()

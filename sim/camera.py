@@ -362,22 +362,22 @@ class CameraSim:
                     "</tev:CreatePullPointSubscriptionResponse>"
                 )
         if path.startswith("/onvif/subscription/"):
-            sub = self._subscription(path)
-            if sub is None:
+            found = self._subscription(path)
+            if found is None:
                 return None
             match op:
                 case "PullMessages":
-                    return await self._pull(sub, elem, now)
+                    return await self._pull(found, elem, now)
                 case "Renew":
                     life = _duration(elem.findtext(f"{{{WSNT}}}TerminationTime"), 60)
-                    sub.expires = time.monotonic() + life
+                    found.expires = time.monotonic() + life
                     return (
                         f'<wsnt:RenewResponse xmlns:wsnt="{WSNT}">'
                         f"<wsnt:TerminationTime>{_iso(now + life)}</wsnt:TerminationTime>"
                         f"<wsnt:CurrentTime>{_iso(now)}</wsnt:CurrentTime></wsnt:RenewResponse>"
                     )
                 case "Unsubscribe":
-                    self._subs.pop(sub.ident, None)
+                    self._subs.pop(found.ident, None)
                     return f'<wsnt:UnsubscribeResponse xmlns:wsnt="{WSNT}"/>'
         return None
 

@@ -21,10 +21,11 @@ from sim.proxy import LinkProxy
 
 HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
-    "1-9 device off/on · f fail/repair lamp-01 · : command · q quit"
+    "1-9 device off/on · f fail/repair lamp-01 · o motion · t tamper · v camera off/on "
+    "(cam-01) · : command · q quit"
 )
 # The same in 80 columns.
-HELP_SHORT = "keys: c/s/r cut/stall/restore link · b broker · 1-9 off/on · f lamp · : cmd · q"
+HELP_SHORT = "keys: c/s/r link · b broker · 1-9 off/on · f lamp · o/t/v cam · : cmd · q"
 COMMAND_HELP = "command: write POINT VALUE [prio N] [hold S] · relinquish POINT · action NAME"
 
 # Sends a typed command as the central post would; returns a line describing the Ack.
@@ -99,6 +100,8 @@ class Controls:
                 else:
                     self.cabinet.fail_lamp(devices[0])
                     self.last = f"{devices[0]} lamp failed"
+            case "o" | "t" | "v" if self.cabinet.cameras:
+                self._camera(key)
             case "q":
                 self._quit()
             case digit if digit.isdigit() and 0 < int(digit) <= len(devices):
@@ -112,6 +115,19 @@ class Controls:
                     self.last = f"{name} switched on"
             case _:
                 pass
+
+    def _camera(self, key: str) -> None:
+        name, camera = next(iter(self.cabinet.cameras.items()))
+        match key:
+            case "o":
+                camera.set_motion(not camera.motion)
+                self.last = f"{name} motion {'on' if camera.motion else 'off'}"
+            case "t":
+                camera.set_tamper(not camera.tamper)
+                self.last = f"{name} {'covered (tamper)' if camera.tamper else 'uncovered'}"
+            case "v":
+                on = not camera.powered
+                self._spawn(f"{name} switched {'on' if on else 'off'}", camera.set_power(on))
 
     def _edit(self, key: str) -> None:
         match key:

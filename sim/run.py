@@ -54,6 +54,8 @@ SIM_BOARD_FILE = "board-sim.toml"
 AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
 POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
+# A camera's health (clock, identity) is polled; its tamper and motion come as events.
+CAMERA_POLL = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +67,7 @@ class SimOptions:
     lamps: int = 8
     lines: int = 1
     seed: int = 1
+    cameras: int = 1
 
 
 def default_data_dir() -> Path:
@@ -236,6 +239,19 @@ def agent_config(
             f'profile = "{dev["model"]}"',
             f"poll = {POLL.get(str(dev['model']), 1.0)}",
         ]
+    for name, camera in cabinet.cameras.items():
+        lines += [
+            "",
+            "[[devices]]",
+            f'name = "{name}"',
+            'driver = "onvif"',
+            'profile = "onvif-camera"',
+            f'host = "{camera.host}"',
+            f"port = {camera.port}",
+            f'username = "{camera.username}"',
+            f'password = "{camera.password}"',
+            f"poll = {CAMERA_POLL}",
+        ]
     if tail:
         lines += ["", tail.rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -303,7 +319,12 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         roles = line_roles(options.lines)
         cabinet = await stack.enter_async_context(
             Cabinet(
-                Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed),
+                Scenario(
+                    lamps=options.lamps,
+                    lines=options.lines,
+                    seed=options.seed,
+                    cameras=options.cameras,
+                ),
                 clock=clock,
                 link_dir=data / "dev",
                 line_names=roles,
@@ -462,9 +483,12 @@ def _settled(central: CentralPost, data: Path) -> bool:
 def check_options(options: SimOptions) -> str | None:
     """A usage error in the options (lamps or lines the cabinet cannot hold), or None."""
     try:
-        Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed)
+        Scenario(
+            lamps=options.lamps, lines=options.lines, seed=options.seed, cameras=options.cameras
+        )
     except ValueError as exc:
         message = str(exc).replace("lamps must be", "--lamps must be")
+        message = message.replace("cameras must be", "--cameras must be")
         message = message.replace("lines must be", "--lines must be")
         if "lines need at least" in message or "--lamps must be 0.." in message:
             message += " (add --lines, or fewer --lamps)"

@@ -17,6 +17,7 @@ own medium: its bus is its ``host:port``, a no-op kept for ``status.json``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,7 +119,9 @@ class CameraLink:
         return
 
     async def run(self) -> None:
-        return
+        # Nothing to reopen (each request has its own connection): idle for the agent's life,
+        # as the supervisor expects of a bus task.
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         return
