@@ -55,7 +55,7 @@ AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
 POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
 # A camera's health (clock, identity) is polled; its tamper and motion come as events.
-CAMERA_POLL = 5.0
+CAMERA_POLL = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

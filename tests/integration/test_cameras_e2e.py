@@ -47,7 +47,7 @@ async def test_cameras__tamper_alarm_with_the_still_of_that_moment(site: Site) -
     """Covering cam-02 raises camera.tamper for cam-02, and the central post receives and
     writes the still cam-02 served, named by the camera.snapshot Event; cam-01 is left alone."""
     cam1, cam2 = site.cabinet.cameras["cam-01"], site.cabinet.cameras["cam-02"]
-    await _wait(site, "cam-02 online", lambda: site.central.latest.get(f"{site.gw}:cam-02/online"))
+    # Before or after the agent subscribed: a new subscription starts with the current state.
     cam2.set_tamper(True)
     await _wait(site, "camera.tamper", lambda: _events(site, "camera.tamper", state="raised"))
     [alarm] = _events(site, "camera.tamper", state="raised")
@@ -71,7 +71,8 @@ async def test_cameras__signed_snapshot_command_and_motion(site: Site) -> None:
     """An operator's `action snapshot` on cam-01 is acknowledged with the still's SHA-256,
     which the central post then holds; motion in front of cam-01 is a camera.motion Event."""
     cam1 = site.cabinet.cameras["cam-01"]
-    await _wait(site, "cam-01 online", lambda: site.central.latest.get(f"{site.gw}:cam-01/online"))
+    # Subscribed (its Birth is out): a command sent before would find no session.
+    await _wait(site, "Birth", lambda: site.central.state.get(site.gw, {}).get("online"))
     body = make_command(
         gw=site.gw,
         op="action",
@@ -100,7 +101,7 @@ async def test_cameras__signed_snapshot_command_and_motion(site: Site) -> None:
 async def test_cameras__camera_off_is_an_alarm(site: Site) -> None:
     """A camera switched off raises camera.offline; back on, it clears."""
     cam1 = site.cabinet.cameras["cam-01"]
-    await _wait(site, "cam-01 online", lambda: site.central.latest.get(f"{site.gw}:cam-01/online"))
+    await _wait(site, "cam-01 answering", lambda: cam1.requests)
     await cam1.set_power(False)
     await _wait(
         site,
