@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench bench-hostile soak install mosquitto tmux clean sim-image
+.PHONY: demo test lint typecheck unit integration bench bench-hostile bench-cameras soak install mosquitto tmux clean sim-image
 
 demo: install mosquitto
 	$(BIN)/armoire sim $(ARGS)
@@ -38,6 +38,10 @@ bench: install mosquitto
 # A local attacker floods the gateway's command topic for 30 s (issue 7); prints figures.
 bench-hostile: install mosquitto
 	$(BIN)/python bench/hostile.py $(ARGS)
+
+# Cameras (issue 14): tamper -> alarm committed, -> still acknowledged; RSS with 4 cameras.
+bench-cameras: install mosquitto
+	$(BIN)/python bench/cameras.py $(ARGS)
 
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto

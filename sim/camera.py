@@ -111,6 +111,8 @@ class CameraSim:
         self.snapshots = 0  # stills served
         self.requests: list[str] = []  # operations answered, in order (for tests)
         self.hostile: bytes | None = None  # served instead of every SOAP answer, when set
+        # Tamper as a covered lens (a dark, small still) or as a turned camera (a full one).
+        self.tamper_covers = True
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -450,7 +452,7 @@ class CameraSim:
             height=self.height,
             frame=self.frame,
             motion=self.motion,
-            covered=self.tamper,
+            covered=self.tamper and self.tamper_covers,
             detail=self.detail,
         )
         return 200, image, "image/jpeg", None
