@@ -107,7 +107,8 @@ def ensure_central(data: Path, broker_url: str) -> Path:
 
 async def typed_command(commander: Commander, text: str) -> str:
     """Run a command typed in the live view: ``write POINT VALUE [prio N] [hold S]``,
-    ``relinquish POINT [prio N]`` or ``action NAME``; returns a line describing the Ack."""
+    ``relinquish POINT [prio N]``, ``action NAME`` or ``action snapshot CAMERA``; returns a
+    line describing the Ack."""
     words = text.split()
     options: dict[str, int] = {}
     while len(words) >= 2 and words[-2] in ("prio", "hold") and words[-1].isdigit():
@@ -120,6 +121,8 @@ async def typed_command(commander: Commander, text: str) -> str:
             fields = {"point": point}
         case ["action", name]:
             fields = {"name": name}
+        case ["action", "snapshot", device]:
+            fields = {"name": "snapshot", "args": {"device": device}}
         case _:
             return f"not understood: {text!r} (write POINT VALUE · relinquish POINT · action NAME)"
     body = make_command(
