@@ -64,7 +64,7 @@ HELP: Final = {
     "logout": "logout                    end the session",
     "override": "override POINT VALUE [HOLD]  write at priority 8 for HOLD s (capped)  [session]",
     "release": "release POINT             remove this console's priority-8 write   [session]",
-    "action": "action NAME               run an action (ping, selftest)          [session]",
+    "action": "action NAME               ping, selftest, snapshot (all cameras) [session]",
     "config": "config show|check F|diff F|apply F  the configuration            [session]",
     "trust": "trust show                trust store keys and roles              [session]",
     "exit": "exit                      leave (the session ends too)",
