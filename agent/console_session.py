@@ -21,6 +21,7 @@ import fnmatch
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -501,7 +502,7 @@ class Session:
             raise _Usage("config show | check FILE | diff FILE | apply FILE")
         current = self.agent.config.source
         if args[0] == "show":
-            return current.read_text(errors="replace").rstrip("\n")
+            return _masked(current.read_text(errors="replace")).rstrip("\n")
         if len(args) != 2:
             raise _Usage(f"config {args[0]} needs a FILE")
         path = Path(args[1])
@@ -517,8 +518,8 @@ class Session:
             return f"{path}: valid"
         if args[0] == "diff":
             diff = difflib.unified_diff(
-                current.read_text(errors="replace").splitlines(),
-                path.read_text(errors="replace").splitlines(),
+                _masked(current.read_text(errors="replace")).splitlines(),
+                _masked(path.read_text(errors="replace")).splitlines(),
                 str(current),
                 str(path),
                 lineterm="",
@@ -577,3 +578,13 @@ def _when(t_ms: int | None) -> str:
     if t_ms is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t_ms / 1000)) + "Z"
+
+
+# A camera's password (a `password = ...` line) is not shown on the console: the screen
+# of a laptop in the street is no place for it (nor its length; so a diff does not show
+# a changed password either).
+_SECRET_LINE = re.compile(r"(?m)^(\s*password\s*=\s*)(\S.*)$")
+
+
+def _masked(text: str) -> str:
+    return _SECRET_LINE.sub(lambda m: f'{m.group(1)}"********"  # hidden', text)

@@ -342,8 +342,13 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             board = SIM_BOARD_FILE
             (data / board).write_text(sim_board(roles))
         config.write_text(agent_config(cabinet, link.url, board_file=board))
+        # Camera stills the central post receives are written to DATA/central/blobs/{gw}/.
         central = await stack.enter_async_context(
-            CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
+            CentralPost(
+                broker_url,
+                keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")},
+                data_dir=central_dir,
+            )
         )
         commander = await stack.enter_async_context(
             Commander(central, broker_url, load_key(central_dir / "operator.key"))
@@ -379,7 +384,7 @@ async def _sim(options: SimOptions) -> dict[str, int]:
                                 central,
                                 agent_state=_agent_state(agent),
                                 link_state=link.state.value,
-                                devices=list(cabinet.devices),
+                                devices=[*cabinet.devices, *cabinet.cameras],
                             )
                             with contextlib.suppress(TimeoutError):
                                 async with asyncio.timeout(1.0):

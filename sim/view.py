@@ -41,7 +41,7 @@ PANEL_MIN_ROWS = 5
 QUALITY = {0: "good", 1: "stale", 2: "COMM_FAIL", 3: "out_of_range", 4: "overridden"}
 COMM_FAIL = 2
 # Points whose true value is a fault the device reports (sim/devices/lamp.py).
-FAULT_POINTS = ("failure",)
+FAULT_POINTS = ("failure", "tamper")  # a lamp's failure bit, a camera covered or turned
 
 LineSource = Callable[[], str | None]
 
