@@ -285,14 +285,12 @@ class OnvifCamera:
         to: str | None = None,
         extra_timeout: float = 0.0,
     ) -> Element:
-        timeout = self._client.timeout
-        self._client.timeout = timeout + extra_timeout
         try:
-            return await self._client.call(url, operation, body, secure=secure, to=to)
+            return await self._client.call(
+                url, operation, body, secure=secure, to=to, extra_timeout=extra_timeout
+            )
         except ClientError as exc:
             raise DriverError(f"{self.name}: {exc.reason}", timeout=exc.timeout) from exc
-        finally:
-            self._client.timeout = timeout
 
     def _parsed(self, parse: Callable[[Element], _T], node: Element) -> _T:
         try:

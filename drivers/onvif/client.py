@@ -52,16 +52,25 @@ class OnvifClient:
         self._creds = credentials
         self.timeout = timeout
         self.clock_offset = 0.0
-        self._nc = 0
 
     @property
     def device_url(self) -> str:
         return f"http://{self.host}:{self.port}/onvif/device_service"
 
     async def call(
-        self, url: str, operation: str, body: str, *, secure: bool = True, to: str | None = None
+        self,
+        url: str,
+        operation: str,
+        body: str,
+        *,
+        secure: bool = True,
+        to: str | None = None,
+        extra_timeout: float = 0.0,
     ) -> Element:
-        """POST one SOAP operation; the Body's first child, or :class:`ClientError`."""
+        """POST one SOAP operation; the Body's first child, or :class:`ClientError`.
+
+        ``extra_timeout``: what the camera may add on purpose (a PullMessages long poll).
+        """
         security = ""
         if secure:
             # The wall clock is the protocol's (WS-Security Created), not our logic's time.
@@ -73,7 +82,9 @@ class OnvifClient:
                 f'application/soap+xml; charset=utf-8; action="{soap.ACTIONS[operation]}"'
             )
         }
-        response = await self._exchange("POST", url, headers, payload, soap.MAX_RESPONSE)
+        response = await self._exchange(
+            "POST", url, headers, payload, soap.MAX_RESPONSE, self.timeout + extra_timeout
+        )
         if response.status not in (200, 400, 500):
             raise ClientError(f"{operation}: HTTP {response.status}")
         try:
@@ -85,14 +96,14 @@ class OnvifClient:
 
     async def fetch(self, url: str, *, max_body: int) -> Response:
         """GET ``url`` with HTTP Digest authentication (RFC 7616) when challenged."""
-        response = await self._exchange("GET", url, {}, b"", max_body)
+        response = await self._exchange("GET", url, {}, b"", max_body, self.timeout)
         if response.status == 401:
             challenge_text = response.headers.get("www-authenticate", "")
             try:
                 challenge = digest.parse_challenges(challenge_text)[0]
             except digest.DigestError as exc:
                 raise ClientError(f"GET {_path(url)}: {exc}") from exc
-            self._nc += 1
+            # A fresh challenge (and nonce) per fetch: this is its first use, nc = 1.
             auth = digest.authorization(
                 challenge,
                 method="GET",
@@ -100,15 +111,23 @@ class OnvifClient:
                 username=self._creds.username,
                 password=self._creds.password,
                 cnonce=secrets.token_hex(8),
-                nc=self._nc,
+                nc=1,
             )
-            response = await self._exchange("GET", url, {"Authorization": auth}, b"", max_body)
+            response = await self._exchange(
+                "GET", url, {"Authorization": auth}, b"", max_body, self.timeout
+            )
         if response.status != 200:
             raise ClientError(f"GET {_path(url)}: HTTP {response.status}")
         return response
 
     async def _exchange(
-        self, method: str, url: str, headers: dict[str, str], body: bytes, max_body: int
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        max_body: int,
+        timeout: float,  # noqa: ASYNC109 (each request's own bound; the scope is below)
     ) -> Response:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
@@ -116,7 +135,7 @@ class OnvifClient:
         host, port = parts.hostname, parts.port or 80
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)
                 writer.write(build_request(method, _path(url), parts.netloc, headers, body))
                 await writer.drain()
@@ -130,7 +149,7 @@ class OnvifClient:
                         return response
         except TimeoutError:
             raise ClientError(
-                f"{method} {_path(url)}: no answer within {self.timeout:g} s", timeout=True
+                f"{method} {_path(url)}: no answer within {timeout:g} s", timeout=True
             ) from None
         except OSError as exc:
             raise ClientError(

@@ -127,7 +127,7 @@ class CameraLink:
         return
 
     def status(self) -> dict[str, Any]:
-        return {"open": True, "error": None}
+        return {"port": self._name, "open": True, "error": None}
 
 
 def build(name: str, model: Model, settings: object, ctx: BuildContext) -> OnvifCamera:

@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 LAMPS, LINES = 30, 2
-# Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor.
+# Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor
+# (no camera: this is about RS-485 lines).
 POINTS = 7 * LAMPS + 8 + 2 + 3
 
 
@@ -21,7 +22,7 @@ async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Pa
     cabinet more than one line: the agent's scaling could not be measured."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "sim", "--data", str(tmp_path), "--duration", "12",
-        "--lamps", str(LAMPS), "--lines", str(LINES),
+        "--lamps", str(LAMPS), "--lines", str(LINES), "--cameras", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)

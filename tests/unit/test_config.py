@@ -645,3 +645,62 @@ def test_load_config__log_level_mistake_suggests_the_level(workdir: Path) -> Non
         'gateway.toml: log.level: expected one of "DEBUG", "INFO", "WARNING", "ERROR", '
         'got "WARN"; did you mean "WARNING"?'
     ]
+
+
+# ------------------------------------------------------------------ cameras (driver "onvif")
+
+CAMERA = """
+[[devices]]
+name = "cam-01"
+driver = "onvif"
+profile = "onvif-camera"
+host = "192.0.2.10"
+username = "armoire"
+password = "s3cret-cam"
+"""
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_defaults_and_points() -> None:
+    """A camera needs only its address and account; its points are the four of the model."""
+    config = load_text(BASE + CAMERA)
+    [camera] = [d for d in config.devices if d.driver == "onvif"]
+    assert camera.bus == "192.0.2.10:80"
+    assert [p.name for p in camera.profile.points] == ["online", "clock_drift", "tamper", "motion"]
+    assert camera.settings.snapshot_max == 512 * 1024  # type: ignore[attr-defined]
+    assert config.storage.stills_max == 16
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_password_not_in_digest() -> None:
+    """The Birth's configuration digest cannot be used to guess a camera password."""
+    one = load_text(BASE + CAMERA)
+    other = load_text(BASE + CAMERA.replace("s3cret-cam", "another-one"))
+    assert one.digest == other.digest
+    assert load_text(BASE + CAMERA.replace("192.0.2.10", "192.0.2.11")).digest != one.digest
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ('password = "s3cret-cam"', "password = 12345678", "password: expected a string of 1..128"),
+        ('password = "s3cret-cam"', "", "password: missing"),
+        ('host = "192.0.2.10"', 'host = "http://192.0.2.10/"', "host: expected a host name"),
+        ('profile = "onvif-camera"', 'profile = "camera"', 'has one model, "onvif-camera"'),
+        ("[[devices]]\n", "[[devices]]\nsnapshot_max = 100\n", "snapshot_max: expected an integer"),
+    ],
+)
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_mistakes_never_show_the_password(
+    old: str, new: str, error: str
+) -> None:
+    """Each camera mistake is named; the password never appears in a message."""
+    errors = errors_of(BASE + CAMERA.replace(old, new))
+    assert any(error in e for e in errors), errors
+    assert not any("s3cret" in e or "12345678" in e for e in errors)
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__two_cameras_on_one_address_refused() -> None:
+    errors = errors_of(BASE + CAMERA + CAMERA.replace("cam-01", "cam-02"))
+    assert any('camera "192.0.2.10:80" is already used by "cam-01"' in e for e in errors), errors
