@@ -37,6 +37,10 @@ MOTION_CODE: Final = "camera.motion"
 # would otherwise fill the link with them. The point itself still goes in telemetry.
 MOTION_MIN_INTERVAL: Final = 10.0
 SNAPSHOT: Final = "snapshot"
+# Longest one still may take, however many requests it needs (profiles, URI, the digest
+# challenge and the GET, each with its own timeout): a signed command's Ack waits for it,
+# and the downlink handles commands one at a time.
+SNAPSHOT_DEADLINE: Final = 15.0
 
 
 class Cameras:
@@ -66,7 +70,12 @@ class Cameras:
             # would otherwise ask a small camera for two full-size stills at once.
             async with self._busy[name]:
                 try:
-                    return await self._stills.take(name, reason=reason)
+                    async with asyncio.timeout(SNAPSHOT_DEADLINE):
+                        return await self._stills.take(name, reason=reason)
+                except TimeoutError:
+                    return DriverError(
+                        f"{name}: no still within {SNAPSHOT_DEADLINE:g} s", timeout=True
+                    )
                 except DriverError as exc:
                     return exc
 
