@@ -114,14 +114,13 @@ class OnvifCamera:
     async def read(self) -> Mapping[str, Reading]:
         """Health: the camera's clock (unauthenticated), and who it is on the first poll."""
         before = self._clock.wall()
-        camera_time = soap.parse_system_date_and_time(
-            await self._call(
-                self._client.device_url,
-                "GetSystemDateAndTime",
-                soap.get_system_date_and_time(),
-                secure=False,
-            )
+        node = await self._call(
+            self._client.device_url,
+            "GetSystemDateAndTime",
+            soap.get_system_date_and_time(),
+            secure=False,
         )
+        camera_time = self._parsed(soap.parse_system_date_and_time, node)
         after = self._clock.wall()
         # The camera's answer has 1 s resolution; the midpoint halves the round trip's share.
         drift = camera_time - (before + after) / 2

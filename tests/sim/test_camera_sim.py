@@ -156,6 +156,12 @@ async def test_camera__off_then_back(sim: CameraSim) -> None:
         (b"<env:Envelope", "malformed XML"),
         (b"<x>" + b"<y>ok</y>" * 20_000 + b"</x>", "not a SOAP 1.2 Envelope"),
         (b"<x>" + b"a" * 300_000 + b"</x>", "at most 262144"),
+        (
+            b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>'
+            b'<t:GetSystemDateAndTimeResponse xmlns:t="http://www.onvif.org/ver10/device/wsdl"/>'
+            b"</e:Body></e:Envelope>",
+            "GetSystemDateAndTimeResponse: no UTCDateTime",
+        ),
     ],
 )
 async def test_camera__hostile_answers_refused(sim: CameraSim, answer: bytes, reason: str) -> None:
