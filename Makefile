@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: iomodule-lib bench-iomodule demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux snmp clean sim-image
+.PHONY: iomodule-lib bench-iomodule bench-cameras demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux snmp clean sim-image
 
 demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
@@ -47,6 +47,10 @@ bench-same-load: install mosquitto
 # Cabinet I/O: contact -> alarm committed (I/O module firmware and GPIO), codec frames/s.
 bench-iomodule: install iomodule-lib
 	$(BIN)/python bench/iomodule.py $(ARGS)
+
+# Cameras (issue 14): tamper -> alarm committed, -> still acknowledged; RSS with 4 cameras.
+bench-cameras: install mosquitto
+	$(BIN)/python bench/cameras.py $(ARGS)
 
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto

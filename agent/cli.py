@@ -187,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="RS-485 lines the devices are spread over (default 1)",
     )
+    sim.add_argument(
+        "--cameras",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ONVIF cameras cam-01.. on the cabinet LAN (default 1; 0..16)",
+    )
     sim.add_argument("--seed", type=int, default=1, help="random seed of the cabinet model")
     return p
 
@@ -470,5 +477,6 @@ def _sim(args: argparse.Namespace) -> int:
         lamps=args.lamps,
         lines=args.lines,
         seed=args.seed,
+        cameras=args.cameras,
     )
     return run_sim(options)

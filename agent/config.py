@@ -97,6 +97,7 @@ class StorageConfig:
     telemetry_delay: float
     batch_max: int
     capacity_bytes: int
+    stills_max: int  # camera stills kept in the outbox at most (the oldest goes first)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,6 +352,9 @@ def _storage(sec: Section, here: Path) -> StorageConfig:
         batch_max=sec.integer("batch_max", 1, 10_000, default=500),
         # Fractions of a MiB are allowed so tests can fill an outbox quickly.
         capacity_bytes=int(sec.number("capacity_mb", 0.001, 1_000_000, default=512) * MIB),
+        # A still is ~50-500 KB: 16 of them are a few MB of flash and minutes of a thin
+        # link, enough for a door forced, then a camera covered, on every camera.
+        stills_max=sec.integer("stills_max", 1, 1000, default=16),
     )
     if storage.telemetry_delay < storage.batch_interval and sec.ok("telemetry_delay"):
         sec.error(
@@ -614,10 +618,12 @@ def _plain(value: object) -> object:
         case _ if dataclasses.is_dataclass(value) and not isinstance(value, type):
             # Where a file was read from is not configuration, its content is; and the
             # digest cannot cover itself.
+            # A secret (a camera password) stays out: the digest travels in every Birth,
+            # and a hash of a configuration whose rest is known is a password oracle.
             return {
                 f.name: _plain(getattr(value, f.name))
                 for f in dataclasses.fields(value)
-                if f.name not in ("source", "digest")
+                if f.name not in ("source", "digest") and not f.metadata.get("secret")
             }
         case _:
             raise TypeError(f"no canonical form for {type(value).__name__}")

@@ -65,7 +65,7 @@ HELP: Final = {
     "logout": "logout                    end the session",
     "override": "override POINT VALUE [HOLD]  write at priority 8 for HOLD s (capped)  [session]",
     "release": "release POINT             remove this console's priority-8 write   [session]",
-    "action": "action NAME               run an action (ping, selftest)          [session]",
+    "action": "action NAME               ping, selftest, snapshot (all cameras) [session]",
     "config": "config show|check F|diff F|apply F  the configuration            [session]",
     "trust": "trust show                trust store keys and roles              [session]",
     "exit": "exit                      leave (the session ends too)",
@@ -74,12 +74,14 @@ SESSION_COMMANDS: Final = frozenset({"override", "release", "action", "config", 
 # Configuration keys whose values are secrets (SNMP community, USM passphrases): `config
 # show` and `config diff` print them as "***", so a screen or a photo of it leaks nothing.
 _SECRET: Final = re.compile(
-    r"""\b(community|auth_key|priv_key)(\s*=\s*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+    r"""\b(community|auth_key|priv_key|password)(\s*=\s*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 )
 
 
 def redact(text: str) -> str:
-    """``text`` (TOML) with the values of secret keys replaced by ``"***"``."""
+    """``text`` (TOML) with the values of secret keys (SNMP community and USM keys, camera
+    passwords) replaced by ``"***"``: a laptop's screen in the street is no place for them,
+    nor for their length, so a diff does not show a changed secret either."""
     return _SECRET.sub(r'\1\2"***"', text)
 
 

@@ -36,6 +36,7 @@ from agent.points import Value
 from agent.security.trust import TrustError
 from agent.timefloor import TimeFloor
 from agent.unauthenticated import Tally
+from drivers.device import DriverError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ MAX_REFUSALS = 50
 Action = Callable[[Command], Awaitable[Any]]
 # Checks that a value can be written to a point (type, range); returns a problem or None.
 ValueCheck = Callable[[str, Any], str | None]
+
+
+class ActionRefused(Exception):
+    """An action's arguments do not fit (e.g. ``snapshot`` of a device that is no camera)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +264,12 @@ class Downlink:
             return "failed", "device-error", self._arbiter.effective(point) if point else None
         except ArbiterError as exc:
             return "failed", "bad-request", str(exc)
+        except ActionRefused as exc:
+            return "failed", "bad-request", str(exc)
+        except DriverError as exc:
+            # An action's device failed (a camera that does not answer): say which and why.
+            log.warning("command %s: %s", cmd.id.hex(), exc.reason)
+            return "failed", "device-error", exc.reason
 
     def _finish(self, cmd: Command, *, status: str, reason: str | None, value: Any) -> None:
         t_ms = wall_ms(self._clock)

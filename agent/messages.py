@@ -18,6 +18,9 @@ from agent.points import Quality, Value
 from agent.security.cose import Signer
 
 PROTOCOL_VERSION = 1
+# PROTOCOL.md, Blob "data" => bstr .size (1..49152): one part carries at most 48 KiB.
+BLOB_PART_MAX = 49152
+SHA256_BYTES = 32  # Blob "sha256" => bstr .size 32
 # PROTOCOL.md, Birth "reboot" and "mode".
 REBOOT_CAUSES = ("clean", "crash", "watchdog", "power", "unknown")
 MODES = ("normal", "autonomous")
@@ -31,6 +34,7 @@ class Topic(StrEnum):
     TELE = "tele"
     EVT = "evt"
     ACK = "ack"
+    BLOB = "blob"
     CMD = "cmd"
     TRUST = "trust"
 
@@ -174,6 +178,28 @@ class MessageFactory:
             body["msg"] = msg
         if value is not _ABSENT:
             body["value"] = _wire_value(value) if not isinstance(value, dict) else value
+        return self._seal(body)
+
+    def blob(
+        self,
+        seq: int,
+        *,
+        t_ms: int,
+        sha256: bytes,
+        ctype: str,
+        part: int,
+        parts: int,
+        data: bytes,
+    ) -> bytes:
+        """One signed Blob part (PROTOCOL.md, Blob): a data message with its own seq."""
+        if len(sha256) != SHA256_BYTES:
+            raise ValueError(f"sha256 is {len(sha256)} bytes, not {SHA256_BYTES}")
+        if not 1 <= len(data) <= BLOB_PART_MAX:
+            raise ValueError(f"a Blob part carries 1..{BLOB_PART_MAX} bytes, not {len(data)}")
+        if not 0 <= part < parts:
+            raise ValueError(f"part {part} is not in 0..{parts - 1}")
+        body = self._header(seq)
+        body.update(t=t_ms, sha256=sha256, ctype=ctype, part=part, parts=parts, data=data)
         return self._seal(body)
 
     def birth(

@@ -16,10 +16,11 @@ after PUBACK need no such care (a lost delete only causes a duplicate that the
 central post removes), so they are committed lazily.
 
 Capacity: stored message bytes are bounded. Past the capacity the oldest
-telemetry goes first, then events; alarms, audit records and acks only past
-the hard limit. Every eviction is reported by an ``outbox.evicted`` Event
-written in the same transaction (PROTOCOL.md, "Sequence numbers"), and the
-evicted readings are counted for the next Telemetry ``lost`` field.
+camera stills go first (the parts of a ``Blob``), then telemetry, then
+events; alarms, audit records and acks only past the hard limit. Every
+eviction is reported by an ``outbox.evicted`` Event written in the same
+transaction (PROTOCOL.md, "Sequence numbers"), and the evicted readings are
+counted for the next Telemetry ``lost`` field.
 
 Recovery: a file that SQLite reports as corrupt (or not a database) or that
 fails ``PRAGMA integrity_check`` is moved aside and replaced. A file that
@@ -30,6 +31,11 @@ file, so even after a replacement numbering continues above anything that was
 ever sent. Whatever happened before (a second process on the same file, a
 hand-edited file), the next ``seq`` is always above every stored record, so
 the outbox can always start and append.
+
+Stills: the parts of one camera still are appended in one transaction and
+registered in ``stills``; past the configured number of stored stills the oldest
+whole still is evicted (reported like any eviction), so a burst of snapshots
+costs a bounded store and never an alarm.
 """
 
 from __future__ import annotations
@@ -86,12 +92,13 @@ class MsgClass(StrEnum):
     ACK = "ack"
     EVENT = "event"
     TELEMETRY = "telemetry"
+    STILL = "still"  # a part of a camera still (Blob): the first to go when the store is full
 
 
 # Forwarding priority: alarms jump the queue, the rest goes in seq order.
 _FORWARD_PRIO = {MsgClass.ALARM: 0}
 # Eviction order: first these at capacity...
-_EVICT_SOFT = (MsgClass.TELEMETRY, MsgClass.EVENT)
+_EVICT_SOFT = (MsgClass.STILL, MsgClass.TELEMETRY, MsgClass.EVENT)
 # ...then these, only past the hard limit.
 _EVICT_HARD = (MsgClass.ACK, MsgClass.AUDIT, MsgClass.ALARM)
 
@@ -117,6 +124,18 @@ class Pending:
     build: Callable[[int], bytes]
     readings: int = 0
     lost: int = 0  # the "lost" count this message carries (re-counted if it is evicted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StillSlot:
+    """Appending a still: its digest, and how many stills the store keeps (this one included)."""
+
+    sha256: bytes
+    keep: int
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError(f"stills kept must be at least 1, got {self.keep}")
 
 
 @dataclass(slots=True)
@@ -199,6 +218,12 @@ CREATE TABLE IF NOT EXISTS seen_commands (
 );
 -- The purge deletes by expiry: without an index it scans every remembered id.
 CREATE INDEX IF NOT EXISTS seen_commands_until ON seen_commands (until_ms);
+-- Camera stills stored as Blob parts: the seq range of each, oldest first.
+CREATE TABLE IF NOT EXISTS stills (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq  INTEGER NOT NULL,
+    sha256    BLOB    NOT NULL
+);
 -- Alarms raised and not yet cleared, so a restart neither repeats nor forgets them.
 CREATE TABLE IF NOT EXISTS active_alarms (
     code TEXT NOT NULL,
@@ -326,11 +351,17 @@ class Outbox:
         return self.append_many([item])[0]
 
     def append_many(
-        self, items: Sequence[Pending], *, also: Sequence[tuple[str, tuple[object, ...]]] = ()
+        self,
+        items: Sequence[Pending],
+        *,
+        also: Sequence[tuple[str, tuple[object, ...]]] = (),
+        still: StillSlot | None = None,
     ) -> list[int]:
         """Store several messages in one transaction; returns their seqs in order.
 
         ``also``: statements of this module's own state tables, applied atomically.
+        ``still``: the items are the parts of one camera still; older stills beyond
+        ``still.keep`` are evicted in the same transaction.
         """
         if not items:
             return []
@@ -350,7 +381,14 @@ class Outbox:
             reported = sum(item.lost for item in items)
             if reported:
                 self._add_meta("lost_pending", -reported)
-            evictions = self._enforce_capacity(self._bytes + added)
+            evictions = Evictions()
+            if still is not None:
+                self._db.execute(
+                    "INSERT INTO stills VALUES (?, ?, ?)",
+                    (rows[0][0], rows[len(items) - 1][0], still.sha256),
+                )
+                added -= self._evict_stills(still.keep, evictions)
+            evictions = self._enforce_capacity(self._bytes + added, evictions)
             if evictions and self.eviction_reporter is not None:
                 report = self.eviction_reporter(seq, evictions)
                 rows.append(_row(seq, report, t_ms))
@@ -614,16 +652,14 @@ class Outbox:
             raise
         self._deletes_pending = 0
 
-    def _enforce_capacity(self, total: int) -> Evictions:
-        evictions = Evictions()
-        if total <= self.capacity_bytes:
-            return evictions
+    def _enforce_capacity(self, total: int, evictions: Evictions) -> Evictions:
         target = self.capacity_bytes * (1 - EVICT_HEADROOM)
-        for classes, limit in ((_EVICT_SOFT, target), (_EVICT_HARD, self.hard_limit_bytes)):
-            for cls in classes:
-                if total <= limit:
-                    break
-                total -= self._evict_class(cls, total - limit, evictions)
+        if total > self.capacity_bytes:
+            for classes, limit in ((_EVICT_SOFT, target), (_EVICT_HARD, self.hard_limit_bytes)):
+                for cls in classes:
+                    if total <= limit:
+                        break
+                    total -= self._evict_class(cls, total - limit, evictions)
         if evictions:
             for c, n in evictions.messages.items():
                 self._add_meta(f"evicted.{c}", n)
@@ -650,6 +686,38 @@ class Outbox:
         cursor.close()
         self._db.executemany("DELETE FROM records WHERE seq = ?", doomed)
         return freed
+
+    def _evict_stills(self, keep: int, evictions: Evictions) -> int:
+        """Evict the oldest whole stills beyond ``keep``; the bytes freed."""
+        self._db.execute(
+            "DELETE FROM stills WHERE NOT EXISTS (SELECT 1 FROM records "
+            "WHERE seq BETWEEN stills.first_seq AND stills.last_seq)"
+        )
+        stored = self._db.execute("SELECT first_seq, last_seq FROM stills ORDER BY first_seq")
+        ranges = stored.fetchall()
+        freed = 0
+        for first, last in ranges[: max(0, len(ranges) - keep)]:
+            rows = self._db.execute(
+                "SELECT seq, readings, lost, LENGTH(payload) FROM records "
+                "WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (first, last),
+            ).fetchall()
+            doomed = [row for row in rows if row[0] not in self._inflight]
+            for seq, readings, lost, size in doomed:
+                evictions.add(seq, MsgClass.STILL, readings, size)
+                evictions.carried_lost += lost
+                freed += size
+            self._db.executemany("DELETE FROM records WHERE seq = ?", [(r[0],) for r in doomed])
+            self._db.execute("DELETE FROM stills WHERE first_seq = ?", (first,))
+        return freed
+
+    def stills(self) -> int:
+        """Stills with at least one part still stored."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM stills WHERE EXISTS (SELECT 1 FROM records "
+            "WHERE seq BETWEEN stills.first_seq AND stills.last_seq)"
+        ).fetchone()
+        return int(row[0])
 
     def _forget(self, evictions: Evictions) -> None:
         # In-memory counters follow the committed eviction.

@@ -22,6 +22,8 @@ from agent import __version__, config_apply
 from agent.arbiter import Arbiter, Priority
 from agent.autonomy import Autonomy
 from agent.bus_health import BusHealthPoints
+from agent.cameras import Cameras
+from agent.cameras import actions as camera_actions
 from agent.clock import Clock, SystemClock, wall_ms
 from agent.clock_trust import STATE_FILE as CLOCK_FILE
 from agent.clock_trust import ClockTrust
@@ -42,6 +44,7 @@ from agent.rules import AlarmAction, Context, DeviceAction, Effects, RulesEngine
 from agent.security.cose import Signer
 from agent.security.keys import GATEWAY_KEY, KeyFileError, load_private_key
 from agent.security.trust import TrustError, TrustStore
+from agent.stills import Stills, Stored
 from agent.supervisor import supervise
 from agent.timefloor import TimeFloor
 from agent.uplink import Uplink
@@ -56,8 +59,9 @@ from agent.watchdog import (
     reboot_cause,
 )
 from drivers.device import Device, HasStatistics
-from drivers.driver import BuildContext, Bus
+from drivers.driver import BuildContext, Bus, line_health
 from drivers.health import DeviceHealth
+from drivers.onvif.driver import NAME as ONVIF
 from drivers.point import DEFAULT_HEARTBEAT
 from drivers.registry import DRIVERS
 
@@ -149,7 +153,9 @@ class Agent:
         specs = config.points()
         # The media devices share (serial lines, TCP connections), by key.
         self.buses: dict[str, Bus] = {}
-        build = BuildContext(buses=self.buses, response_timeout=config.polling.response_timeout)
+        build = BuildContext(
+            buses=self.buses, response_timeout=config.polling.response_timeout, clock=clock
+        )
         # Devices whose comm_fail alarm is still active from an earlier boot.
         failed = self.outbox.active_alarms
         self.pollers: list[DevicePoller] = []
@@ -172,7 +178,11 @@ class Agent:
                 for p in self.pollers
                 if (health := health_of(p.driver)) is not None
             },
-            lines={key: bus.health for key, bus in self.buses.items()},
+            lines={
+                key: line
+                for key, bus in self.buses.items()
+                if (line := line_health(bus)) is not None
+            },
             points=self.points,
             clock=clock,
             interval=config.polling.health_interval,
@@ -203,6 +213,22 @@ class Agent:
             batch_max=config.storage.batch_max,
         )
         self._pollers = {p.device.name: p for p in self.pollers}
+        # Cameras: stills (command, rule, tamper) into the outbox, motion Events.
+        self.stills = Stills(
+            gw=config.gateway,
+            factory=self.factory,
+            outbox=self.outbox,
+            events=self.events,
+            keep=config.storage.stills_max,
+            snapshot=lambda name: self._pollers[name].driver.action("snapshot", {}),
+        )
+        self.cameras = Cameras(
+            names=tuple(d.name for d in config.devices if d.driver == ONVIF),
+            stills=self.stills,
+            events=self.events,
+            clock=clock,
+        )
+        self.points.subscribe(self.cameras.observe)
         # Commandable points: writable points with a relinquish default in their profile.
         self._writable = {
             name: spec for name, _, spec in specs if spec.writable and spec.default is not None
@@ -258,7 +284,11 @@ class Agent:
                 skew_s=config.commands.clock_skew,
             ),
             check_value=self._check_value,
-            actions={"ping": self._ping, "selftest": self._selftest},
+            actions={
+                "ping": self._ping,
+                "selftest": self._selftest,
+                **camera_actions(self.cameras),
+            },
             data_dir=data_dir,
             summary_interval=config.commands.unauthenticated_summary,
             time_floor=self.time_floor,
@@ -360,7 +390,14 @@ class Agent:
                 p.device.name: "ok" if await p.poll_once() else "no-answer" for p in self.pollers
             }
 
-        return {"ping": ping, "selftest": selftest}
+        async def snapshot() -> Any:
+            results = await self.cameras.snapshot("*", reason="console")
+            return {
+                name: r.sha256.hex() if isinstance(r, Stored) else f"failed: {r.reason}"
+                for name, r in results.items()
+            }
+
+        return {"ping": ping, "selftest": selftest, "snapshot": snapshot}
 
     def _health_problem(self) -> str | None:
         """Why the agent is not healthy yet (a device never answered or is silent), or None."""
@@ -439,8 +476,8 @@ class Agent:
         )
 
     async def _device_action(self, action: DeviceAction, src: str) -> None:
-        # No driver offers actions yet (cameras will): say so once per firing.
-        log.warning("rule asks %s for %r: no such device action", action.device, action.name)
+        # Cameras' snapshots are the only device actions so far.
+        await self.cameras.rule_action(action, src)
 
     def _verifier(self) -> CommandVerifier | None:
         cfg = self.config
@@ -458,7 +495,7 @@ class Agent:
             skew_s=cfg.commands.clock_skew,
             max_validity_s=cfg.commands.max_validity,
             writable=lambda point: point in self._writable,
-            actions=("ping", "selftest"),
+            actions=("ping", "selftest", *camera_actions(self.cameras)),
             replay_floor=lambda: self.outbox.replay_floor_ms,
         )
 
@@ -518,6 +555,7 @@ class Agent:
                 for p in self.pollers
             },
             "lines": {key: bus.status() for key, bus in self.buses.items()},
+            "cameras": self.stills.statistics(),
             "alarms": [{"code": c, "src": s} for c, s in sorted(self.outbox.active_alarms)],
             "holds": self._holds(now),
             "failsafe": self._failsafe_status(),

@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--key", default="operator", help="signing key in DIR (default operator)")
     send.add_argument("op", choices=["write", "relinquish", "action"], help="what to do")
     send.add_argument("target", help="POINT for write/relinquish, NAME for action")
-    send.add_argument("value", nargs="?", help="the value to write")
+    send.add_argument(
+        "value", nargs="?", help="the value to write; for `action snapshot`, the camera"
+    )
 
     token = sub.add_parser(
         "token",

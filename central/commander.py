@@ -731,10 +731,18 @@ def _cli_command(
         case "action":
             if not target:
                 raise LocalProtocolError("action needs a name, e.g. `action selftest`")
-            if value is not None:
-                raise LocalProtocolError("action takes no value")
+            # `action snapshot cam-01`: the one argument an action takes is its device.
+            if value is not None and target != "snapshot":
+                raise LocalProtocolError("action takes no value (only `action snapshot DEVICE`)")
             return make_command(
-                gw=gw, op=op, name=target, prio=prio, hold=hold, now_ms=now, validity_s=validity_s
+                gw=gw,
+                op=op,
+                name=target,
+                args={"device": value} if value is not None else None,
+                prio=prio,
+                hold=hold,
+                now_ms=now,
+                validity_s=validity_s,
             )
         case _:
             raise LocalProtocolError(f"unknown operation {op!r}; use write, relinquish or action")
@@ -756,8 +764,9 @@ async def send_cli(
     """What ``armoire-central send --data DIR --gw ID OP TARGET [VALUE]`` does.
 
     ``write lamp-03/level 40 [--prio 10] [--hold 600]``, ``relinquish
-    lamp-03/level``, ``action selftest``. Reads ``DIR/central.toml``, signs
-    with ``DIR/<key_name>.key``, verifies the Ack with the gateway's key.
+    lamp-03/level``, ``action selftest``, ``action snapshot [CAMERA]``. Reads
+    ``DIR/central.toml``, signs with ``DIR/<key_name>.key``, verifies the Ack with the
+    gateway's key.
     ``value`` is parsed by :func:`parse_value`. ``ttl``: how long the command
     stays valid, in seconds (its ``exp``; the broker's Message Expiry follows),
     :data:`DEFAULT_VALIDITY_S` if None.

@@ -51,6 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.clock import Clock, SystemClock
+from central.blobs import PART_MAX, Assembler, Blob, BlobError
 
 __all__ = [
     "CentralPost",
@@ -195,6 +196,7 @@ class Kind(enum.StrEnum):
     TELE = "tele"
     EVT = "evt"
     ACK = "ack"
+    BLOB = "blob"
 
 
 # Topics that go central → gateway: valid, but not ours to check.
@@ -473,6 +475,23 @@ def _check_birth(body: dict[str, Any]) -> None:
             _fail("Birth.outbox.oldest", f"null with {depth} records stored")
 
 
+SHA256_BYTES = 32  # Blob "sha256" => bstr .size 32
+MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
+def _check_blob(body: dict[str, Any]) -> None:
+    _uint(body["t"], "Blob.t")
+    _bstr(body["sha256"], "Blob.sha256", SHA256_BYTES)
+    if not MEDIA_TYPE.fullmatch(_tstr(body["ctype"], "Blob.ctype")):
+        _fail("Blob.ctype", f"{_show(body['ctype'])} is not a media type")
+    parts = _uint(body["parts"], "Blob.parts")
+    if _uint(body["part"], "Blob.part") >= parts:
+        _fail("Blob.part", f"{body['part']} is not below parts {parts}")
+    data = body["data"]
+    if type(data) is not bytes or not 1 <= len(data) <= PART_MAX:
+        _fail("Blob.data", f"expected bstr of 1..{PART_MAX} bytes, got {_show(data)[:40]}")
+
+
 def _check_death(body: dict[str, Any]) -> None:
     _uint(body["t"], "Death.t")
 
@@ -488,6 +507,7 @@ _BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict[str, A
         _check_birth,
     ),
     "Death": (("t", "online"), (), _check_death),
+    "Blob": (("t", "sha256", "ctype", "part", "parts", "data"), (), _check_blob),
 }
 
 
@@ -499,6 +519,8 @@ def _body_name(kind: Kind, body: object) -> str:
             return "Event"
         case Kind.ACK:
             return "Ack"
+        case Kind.BLOB:
+            return "Blob"
         case Kind.STATE:
             # Birth and Death share the topic; "online" tells them apart.
             online = body.get("online") if isinstance(body, Mapping) else None
@@ -514,7 +536,7 @@ class Verified:
     """A message that passed every check."""
 
     kind: Kind
-    name: str  # "Telemetry", "Event", "Ack", "Birth" or "Death"
+    name: str  # "Telemetry", "Event", "Ack", "Blob", "Birth" or "Death"
     gw: str
     boot: int
     seq: int
@@ -564,8 +586,19 @@ class Ledger:
     gateway, e.g. another central's commands) are ``ignored``, not received.
     """
 
-    def __init__(self, keys: Mapping[str, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, bytes] | None = None,
+        *,
+        clock: Clock | None = None,
+        on_blob: Callable[[Blob], str | None] | None = None,
+    ) -> None:
         self._keys: dict[str, GatewayKey] = {}
+        self._clock = clock or SystemClock()
+        # Called with each completed, verified Blob; returns where it was stored.
+        self._on_blob = on_blob
+        self.assembler = Assembler()
+        self.blobs: list[dict[str, Any]] = []  # {gw, sha256, ctype, t, bytes, path}
         for gw, public in (keys or {}).items():
             self.add_key(gw, public)
         self.rejections: list[tuple[str, str]] = []
@@ -679,12 +712,35 @@ class Ledger:
                     self.evictions.append(body)
             case "Ack":
                 self.acks.append(body)
+            case "Blob":
+                self._blob_part(message.gw, body)
             case "Birth" | "Death":
                 current_state = self.state.get(message.gw)
                 # A retained state from an older boot (re-delivered on
                 # resubscribe) must not hide the current one.
                 if current_state is None or message.boot >= current_state["boot"]:
                     self.state[message.gw] = body
+
+    def _blob_part(self, gw: str, body: dict[str, Any]) -> None:
+        try:
+            blob = self.assembler.add(gw, body, self._clock.monotonic())
+        except BlobError as exc:
+            # The part itself was authentic: its object is what is wrong.
+            self.rejections.append((f"{TOPIC_ROOT}/{gw}/blob", f"blob: {exc}"))
+            return
+        if blob is None:
+            return
+        path = self._on_blob(blob) if self._on_blob is not None else None
+        self.blobs.append(
+            {
+                "gw": gw,
+                "sha256": blob.sha256,
+                "ctype": blob.ctype,
+                "t": blob.t_ms,
+                "bytes": len(blob.data),
+                "path": path,
+            }
+        )
 
     def gaps(
         self,
@@ -735,6 +791,8 @@ class Ledger:
             "by_kind": {kind.value: n for kind, n in self._by_kind.items()},
             "lost": sum(self.lost.values()),
             "evictions": len(self.evictions),
+            "blobs": len(self.blobs),
+            "blobs_partial": self.assembler.in_progress,
         }
 
 
@@ -750,6 +808,9 @@ def _parse_url(url: str) -> tuple[str, int]:
     if parts.scheme != "mqtt" or not parts.hostname:
         raise LocalProtocolError(f"broker URL {url!r} is not mqtt://HOST[:PORT]")
     return parts.hostname, parts.port or DEFAULT_MQTT_PORT
+
+
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 
 
 class CentralPost:
@@ -768,9 +829,12 @@ class CentralPost:
         client_id: str | None = None,
         clock: Clock | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_S,
+        data_dir: Path | None = None,
     ) -> None:
         self._host, self._port = _parse_url(broker_url)
-        self.ledger = Ledger(keys)
+        # Completed blobs (camera stills) are written under DATA/blobs/{gw}/.
+        self.data_dir = data_dir
+        self.ledger = Ledger(keys, clock=clock, on_blob=self._write_blob if data_dir else None)
         self.client_id = client_id or f"central-{secrets.token_hex(4)}"
         self._clock = clock or SystemClock()
         self._connect_timeout = connect_timeout
@@ -790,6 +854,19 @@ class CentralPost:
         public = load_public_pem(pub_pem_path)
         self.ledger.add_key(gw, public)
         return public
+
+    def _write_blob(self, blob: Blob) -> str:
+        """Write a verified object to DATA/blobs/{gw}/{t}-{sha256[:16]}.{ext}, atomically."""
+        assert self.data_dir is not None
+        folder = self.data_dir / "blobs" / blob.gw
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = _EXTENSIONS.get(blob.ctype, "bin")
+        path = folder / f"{blob.t_ms}-{blob.sha256.hex()[:16]}.{ext}"
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(blob.data)
+        tmp.replace(path)
+        _log.info("central: %s still %s written to %s", blob.gw, blob.sha256.hex()[:16], path)
+        return str(path)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -960,6 +1037,11 @@ class CentralPost:
     def lost(self) -> dict[str, int]:
         """Total of the Telemetry ``lost`` counts, per gateway."""
         return self.ledger.lost
+
+    @property
+    def blobs(self) -> list[dict[str, Any]]:
+        """Every completed, verified Blob: gw, sha256, ctype, t, bytes, path."""
+        return self.ledger.blobs
 
     @property
     def evictions(self) -> list[dict[str, Any]]:

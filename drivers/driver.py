@@ -23,6 +23,7 @@ from drivers.profile import Section, show
 
 if TYPE_CHECKING:
     from agent.board import Board, SerialPort
+    from agent.clock import Clock
 
 
 @dataclass(kw_only=True)
@@ -86,10 +87,12 @@ class Bus(Protocol):
         """What ``status.json`` shows of it (open or not, why, utilisation)."""
         ...
 
-    @property
-    def health(self) -> LineHealth:
-        """How busy it is (bus health)."""
-        ...
+
+def line_health(bus: Bus) -> LineHealth | None:
+    """How busy a shared medium is (bus health), for the buses that count it: serial lines,
+    Modbus TCP connections, the SNMP exchanges; a camera's HTTP link does not."""
+    health = getattr(bus, "health", None)
+    return health if isinstance(health, LineHealth) else None
 
 
 @dataclass(kw_only=True)
@@ -99,6 +102,7 @@ class BuildContext:
 
     buses: dict[str, Bus]
     response_timeout: float
+    clock: Clock | None = None  # the agent's (drivers that read time: cameras' clock drift)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,8 +10,12 @@ from drivers.driver import Driver
 from drivers.gpio import driver as gpio
 from drivers.iomodule import driver as iomodule
 from drivers.modbus import rtu, tcp
+from drivers.onvif import driver as onvif
 from drivers.snmp import driver as snmp
 
 DRIVERS: Final[Mapping[str, Driver]] = MappingProxyType(
-    {d.name: d for d in (rtu.DRIVER, tcp.DRIVER, snmp.DRIVER, iomodule.DRIVER, gpio.DRIVER)}
+    {
+        d.name: d
+        for d in (rtu.DRIVER, tcp.DRIVER, snmp.DRIVER, iomodule.DRIVER, gpio.DRIVER, onvif.DRIVER)
+    }
 )

@@ -41,6 +41,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer
 
 from agent.clock import Clock, SystemClock
+from sim.camera import CameraSim
 from sim.devices import Contactor, Device, EnvSensor, Lamp, Meter
 from sim.devices.base import MAX_UNIT, MIN_UNIT, Snapshot
 from sim.devices.lamp import MAX_LEVEL
@@ -71,6 +72,11 @@ SIGNAL_USER = V3User(user="armoire", auth_key="sim-auth-key", priv_key="sim-priv
 CONTACTOR_START_OPERATIONS = (1_000, 4_000)
 
 SECONDS_PER_HOUR = 3600.0
+# Cameras of one cabinet: a crossroads has a handful; 16 covers any street cabinet.
+MAX_CAMERAS = 16
+# The simulated cameras' ONVIF account (written into the agent's configuration).
+CAMERA_USER = "armoire"
+CAMERA_PASSWORD = "sim-camera-pw"  # noqa: S105 (a simulator's account)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +118,9 @@ class Scenario:
     """Range of the meter's import counter at start, Wh."""
     ambient_c: float = 25.0
     """Centre of the cabinet air temperature's random walk, °C."""
+    cameras: int = 0
+    """ONVIF cameras (cam-01..) on the cabinet LAN: HTTP servers on loopback
+    (:class:`sim.camera.CameraSim`), not on the RS-485 lines."""
     other_load_w: float = 20.0
     """Power drawn on L1 besides the lamps (gateway, heater); negative = export
     (a solar panel), which makes the meter's total power negative."""
@@ -134,6 +143,8 @@ class Scenario:
                 f"({UNITS_PER_LINE} Modbus unit ids per line, {len(self._others())} taken "
                 f"by the meter, sensor and contactor), got {self.lamps}"
             )
+        if not 0 <= self.cameras <= MAX_CAMERAS:
+            raise ValueError(f"cameras must be 0..{MAX_CAMERAS}, got {self.cameras}")
         if self.baudrate <= 0:
             raise ValueError(f"baudrate must be positive, got {self.baudrate}")
         if self.tick <= 0:
@@ -319,6 +330,13 @@ class Cabinet:
             self.signal = SignalController(
                 name=SIGNAL_NAME, community=SIGNAL_COMMUNITY, v3_users=(SIGNAL_USER,)
             )
+        # Cameras: own HTTP servers on loopback, started with the cabinet.
+        self.cameras: dict[str, CameraSim] = {
+            f"cam-{i:02d}": CameraSim(
+                name=f"cam-{i:02d}", username=CAMERA_USER, password=CAMERA_PASSWORD
+            )
+            for i in range(1, sc.cameras + 1)
+        }
         self._line_of = sc.line_of()
         self._by_unit: list[dict[int, Device]] = [{} for _ in self.lines]
         for device in self.devices.values():
@@ -338,6 +356,8 @@ class Cabinet:
             self.watchdog.parent.mkdir(parents=True, exist_ok=True)
             self.watchdog.write_bytes(b"")
         try:
+            for camera in self.cameras.values():
+                await camera.__aenter__()
             for index, line in enumerate(self.lines):
                 await line.start()
                 devices = self._by_unit[index]
@@ -389,6 +409,8 @@ class Cabinet:
             await server.shutdown()  # type: ignore[no-untyped-call]
         for line in self.lines:
             await line.close()
+        for camera in self.cameras.values():
+            await camera.__aexit__(None, None, None)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -465,8 +487,12 @@ class Cabinet:
 
     @property
     def device_names(self) -> list[str]:
-        """Every device, the signal controller (on the LAN) last."""
-        return [*self.devices, *([self.signal.name] if self.signal is not None else [])]
+        """Every device: the serial ones, then the signal controller and cameras (LAN)."""
+        return [
+            *self.devices,
+            *([self.signal.name] if self.signal is not None else []),
+            *self.cameras,
+        ]
 
     def power_off(self, name: str) -> None:
         """Cut a device's supply: it stops answering (no reply at all).

@@ -27,10 +27,10 @@ HELP = (
     "keys: c cut link · s stall link · r restore link · b restart broker · "
     "1-9 device off/on · f fail/repair lamp-01 · d open/shut the door · m cut/restore mains · "
     "u UPS on battery/mains · p trip/reset surge arrester · x fault flash · g MMU fault · "
-    "n scheduled flash · : command · q quit"
+    "n scheduled flash · o motion · t tamper · v camera off/on (cam-01) · : command · q quit"
 )
 # The same in 80 columns.
-HELP_SHORT = "keys: c/s/r link · b 1-9 f · d/m/u/p cabinet · x/g/n signal · : cmd · q"
+HELP_SHORT = "keys: c/s/r b 1-9 f · d/m/u/p cabinet · x/g/n signal · o/t/v cam · : cmd · q"
 # The cabinet's contacts on the I/O module: key -> (contact, words when active, inactive).
 CABINET_KEYS = {
     "d": ("door", "cabinet door opened", "cabinet door shut"),
@@ -129,6 +129,8 @@ class Controls:
                     self.last = f"{devices[0]} lamp failed"
             case "x" | "g" | "n" if self.cabinet.signal is not None:
                 self._signal(key)
+            case "o" | "t" | "v" if self.cabinet.cameras:
+                self._camera(key)
             case "q":
                 self._quit()
             case key if key in CABINET_KEYS:
@@ -166,6 +168,19 @@ class Controls:
                 on, what = not junction.scheduled_flash, "scheduled flash"
                 signal.set_scheduled_flash(on)
         self.last = f"{signal.name} {what} {'on' if on else 'off'}"
+
+    def _camera(self, key: str) -> None:
+        name, camera = next(iter(self.cabinet.cameras.items()))
+        match key:
+            case "o":
+                camera.set_motion(not camera.motion)
+                self.last = f"{name} motion {'on' if camera.motion else 'off'}"
+            case "t":
+                camera.set_tamper(not camera.tamper)
+                self.last = f"{name} {'covered (tamper)' if camera.tamper else 'uncovered'}"
+            case "v":
+                on = not camera.powered
+                self._spawn(f"{name} switched {'on' if on else 'off'}", camera.set_power(on))
 
     def _edit(self, key: str) -> None:
         match key:

@@ -55,6 +55,8 @@ SIM_BOARD_FILE = "board-sim.toml"
 AGENT_STOP_TIMEOUT = 15.0
 # Poll periods of the default scenario, in seconds.
 POLL = {"lamp-ctl": 1.0, "meter-3ph": 1.0, "env-sensor": 5.0}
+# A camera's health (clock, identity) is polled; its tamper and motion come as events.
+CAMERA_POLL = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +68,7 @@ class SimOptions:
     lamps: int = 8
     lines: int = 1
     seed: int = 1
+    cameras: int = 1
 
 
 def default_data_dir() -> Path:
@@ -105,7 +108,8 @@ def ensure_central(data: Path, broker_url: str) -> Path:
 
 async def typed_command(commander: Commander, text: str) -> str:
     """Run a command typed in the live view: ``write POINT VALUE [prio N] [hold S]``,
-    ``relinquish POINT [prio N]`` or ``action NAME``; returns a line describing the Ack."""
+    ``relinquish POINT [prio N]``, ``action NAME`` or ``action snapshot CAMERA``; returns a
+    line describing the Ack."""
     words = text.split()
     options: dict[str, int] = {}
     while len(words) >= 2 and words[-2] in ("prio", "hold") and words[-1].isdigit():
@@ -118,6 +122,8 @@ async def typed_command(commander: Commander, text: str) -> str:
             fields = {"point": point}
         case ["action", name]:
             fields = {"name": name}
+        case ["action", "snapshot", device]:
+            fields = {"name": "snapshot", "args": {"device": device}}
         case _:
             return f"not understood: {text!r} (write POINT VALUE · relinquish POINT · action NAME)"
     body = make_command(
@@ -266,6 +272,19 @@ def agent_config(
             f'v3 = {{ user = "{user.user}", auth = "sha", auth_key = "{user.auth_key}", '
             f'priv = "aes", priv_key = "{user.priv_key}" }}',
         ]
+    for name, camera in cabinet.cameras.items():
+        lines += [
+            "",
+            "[[devices]]",
+            f'name = "{name}"',
+            'driver = "onvif"',
+            'profile = "onvif-camera"',
+            f'host = "{camera.host}"',
+            f"port = {camera.port}",
+            f'username = "{camera.username}"',
+            f'password = "{camera.password}"',
+            f"poll = {CAMERA_POLL}",
+        ]
     if tail:
         lines += ["", tail.rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -334,7 +353,12 @@ async def _sim(options: SimOptions) -> dict[str, int]:
         roles = line_roles(options.lines)
         cabinet = await stack.enter_async_context(
             Cabinet(
-                Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed),
+                Scenario(
+                    lamps=options.lamps,
+                    lines=options.lines,
+                    seed=options.seed,
+                    cameras=options.cameras,
+                ),
                 clock=clock,
                 link_dir=data / "dev",
                 line_names=roles,
@@ -349,8 +373,13 @@ async def _sim(options: SimOptions) -> dict[str, int]:
             board = SIM_BOARD_FILE
             (data / board).write_text(sim_board(roles))
         config.write_text(agent_config(cabinet, link.url, board_file=board))
+        # Camera stills the central post receives are written to DATA/central/blobs/{gw}/.
         central = await stack.enter_async_context(
-            CentralPost(broker_url, keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")})
+            CentralPost(
+                broker_url,
+                keys={GATEWAY_ID: load_public_pem(data / "gateway.pub")},
+                data_dir=central_dir,
+            )
         )
         commander = await stack.enter_async_context(
             Commander(central, broker_url, load_key(central_dir / "operator.key"))
@@ -494,9 +523,12 @@ def _settled(central: CentralPost, data: Path) -> bool:
 def check_options(options: SimOptions) -> str | None:
     """A usage error in the options (lamps or lines the cabinet cannot hold), or None."""
     try:
-        Scenario(lamps=options.lamps, lines=options.lines, seed=options.seed)
+        Scenario(
+            lamps=options.lamps, lines=options.lines, seed=options.seed, cameras=options.cameras
+        )
     except ValueError as exc:
         message = str(exc).replace("lamps must be", "--lamps must be")
+        message = message.replace("cameras must be", "--cameras must be")
         message = message.replace("lines must be", "--lines must be")
         if "lines need at least" in message or "--lamps must be 0.." in message:
             message += " (add --lines, or fewer --lamps)"

@@ -41,8 +41,9 @@ PANEL_MIN_ROWS = 5
 QUALITY = {0: "good", 1: "stale", 2: "COMM_FAIL", 3: "out_of_range", 4: "overridden"}
 COMM_FAIL = 2
 # Points whose true value is a fault the device reports (sim/devices/lamp.py; the signal
-# controller's NTCIP 1202 flags, drivers/profiles/ntcip-1202-asc.toml).
-FAULT_POINTS = ("failure", "fault_flash", "mmu_fault")
+# controller's NTCIP 1202 flags, drivers/profiles/ntcip-1202-asc.toml; a camera covered or
+# turned).
+FAULT_POINTS = ("failure", "fault_flash", "mmu_fault", "tamper")
 
 LineSource = Callable[[], str | None]
 

@@ -80,12 +80,19 @@ async def open_site(
     tail: str = "",
     place: tuple[float, float, str] | None = None,
     health_interval: float | None = None,
+    cameras: int = 0,
 ) -> AsyncIterator[Site]:
-    """The ``site`` fixture's gateway, with extra agent configuration."""
+    """The ``site`` fixture's gateway, with extra agent configuration (and ``cameras``
+    simulated ONVIF cameras; the central post then writes stills under DATA/central-data)."""
     async with contextlib.AsyncExitStack() as stack:
         link = await stack.enter_async_context(LinkProxy("127.0.0.1", broker.port))
         cabinet = await stack.enter_async_context(
-            Cabinet(Scenario(), clock=SystemClock(), link_dir=tmp_path / "dev", line_name=LINE_ROLE)
+            Cabinet(
+                Scenario(cameras=cameras),
+                clock=SystemClock(),
+                link_dir=tmp_path / "dev",
+                line_name=LINE_ROLE,
+            )
         )
         model = asyncio.create_task(cabinet.run(), name="sim.cabinet")
         stack.callback(model.cancel)
@@ -108,7 +115,11 @@ async def open_site(
             )
         )
         central = await stack.enter_async_context(
-            CentralPost(broker.url, keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")})
+            CentralPost(
+                broker.url,
+                keys={GATEWAY_ID: load_public_pem(tmp_path / "gateway.pub")},
+                data_dir=tmp_path / "central-data",
+            )
         )
         commander = await stack.enter_async_context(
             Commander(central, broker.url, load_key(central_dir / "operator.key"))

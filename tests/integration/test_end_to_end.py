@@ -161,7 +161,7 @@ async def test_sim_cli__duration_prints_figures(tmp_path: Path) -> None:
         "central_rejected", "central_duplicates", "readings", "points",
     }  # fmt: skip
     assert last["central_rejected"] == 0
-    assert last["points"] == 69 + 14 + len(IO_POINTS)  # Modbus, signal controller, I/O module
+    assert last["points"] == 69 + 14 + len(IO_POINTS) + 4  # + signal, I/O module, camera
     # A fresh data directory: nothing retained from an earlier run, so the figures agree.
     assert last["central_verified"] == last["agent_published"] > 0
     assert last["central_verified"] == sum(last["central_by_kind"].values())

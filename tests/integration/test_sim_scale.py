@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 LAMPS, LINES = 30, 2
 # Points: 7 per lamp controller, 8 for the meter, 2 for the sensor, 3 for the contactor,
-# 14 for the signal controller (on the LAN, its own "snmp" bus), 8 for the I/O module.
+# 14 for the signal controller (on the LAN, its own "snmp" bus), 8 for the I/O module (no
+# camera: this is about RS-485 lines).
 POINTS = 7 * LAMPS + 8 + 2 + 3 + 14 + 8
 
 
@@ -25,7 +26,7 @@ async def test_sim__lamps_spread_over_lines_all_polled_and_verified(tmp_path: Pa
     proc = await asyncio.create_subprocess_exec(
         *tied_to_parent([sys.executable, "-m", "agent", "sim", "--data", str(tmp_path)]),
         "--duration", "12",
-        "--lamps", str(LAMPS), "--lines", str(LINES),
+        "--lamps", str(LAMPS), "--lines", str(LINES), "--cameras", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)

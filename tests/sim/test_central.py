@@ -234,7 +234,7 @@ async def test_central__missing_seq_shows_in_gaps(
 
     assert central.gaps(GW) == [(6, 6), (8, 9)]
     assert central.gaps(GW, start=0, end=11) == [(0, 3), (6, 6), (8, 9), (11, 11)]
-    assert central.stats()["by_kind"] == {"state": 0, "tele": 2, "evt": 1, "ack": 1}
+    assert central.stats()["by_kind"] == {"state": 0, "tele": 2, "evt": 1, "ack": 1, "blob": 0}
 
 
 @pytest.mark.integration

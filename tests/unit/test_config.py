@@ -112,6 +112,7 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
         telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=64 * 2**20,
+        stills_max=16,
     )
     assert config.polling == PollingConfig(
         response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
@@ -169,6 +170,7 @@ def test_load_config__defaults_for_optional_settings(workdir: Path) -> None:
         telemetry_delay=10.0,
         batch_max=500,
         capacity_bytes=512 * 2**20,
+        stills_max=16,
     )
     assert config.polling == PollingConfig(
         response_timeout=0.3, miss_limit=3, backoff_max=60.0, health_interval=60.0
@@ -323,7 +325,7 @@ CASES = [
     pytest.param(
         edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
         'devices[0].driver: expected one of "modbus-rtu", "modbus-tcp", "ntcip", "iomodule", '
-        '"gpio", got "modbus-rtv"; did you mean "modbus-rtu"?',
+        '"gpio", "onvif", got "modbus-rtv"; did you mean "modbus-rtu"?',
         id="driver",
     ),
     pytest.param(
@@ -712,3 +714,62 @@ def test_load_config__modbus_tcp_devices(workdir: Path) -> None:
 def test_load_config__modbus_tcp_mistakes(workdir: Path, text: str, error: str) -> None:
     """Each driver checks its own keys, in the configuration's error style."""
     assert f"gateway.toml: {error}" in errors_of(BASE + text)
+
+
+# ------------------------------------------------------------------ cameras (driver "onvif")
+
+CAMERA = """
+[[devices]]
+name = "cam-01"
+driver = "onvif"
+profile = "onvif-camera"
+host = "192.0.2.10"
+username = "armoire"
+password = "s3cret-cam"
+"""
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_defaults_and_points() -> None:
+    """A camera needs only its address and account; its points are the four of the model."""
+    config = load_text(BASE + CAMERA)
+    [camera] = [d for d in config.devices if d.driver == "onvif"]
+    assert camera.bus == "192.0.2.10:80"
+    assert [p.name for p in camera.profile.points] == ["online", "clock_drift", "tamper", "motion"]
+    assert camera.settings.snapshot_max == 512 * 1024  # type: ignore[attr-defined]
+    assert config.storage.stills_max == 16
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_password_not_in_digest() -> None:
+    """The Birth's configuration digest cannot be used to guess a camera password."""
+    one = load_text(BASE + CAMERA)
+    other = load_text(BASE + CAMERA.replace("s3cret-cam", "another-one"))
+    assert one.digest == other.digest
+    assert load_text(BASE + CAMERA.replace("192.0.2.10", "192.0.2.11")).digest != one.digest
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ('password = "s3cret-cam"', "password = 12345678", "password: expected a string of 1..128"),
+        ('password = "s3cret-cam"', "", "password: missing"),
+        ('host = "192.0.2.10"', 'host = "http://192.0.2.10/"', "host: expected a host name"),
+        ('profile = "onvif-camera"', 'profile = "camera"', 'has one model, "onvif-camera"'),
+        ("[[devices]]\n", "[[devices]]\nsnapshot_max = 100\n", "snapshot_max: expected an integer"),
+    ],
+)
+@pytest.mark.usefixtures("workdir")
+def test_load_config__camera_mistakes_never_show_the_password(
+    old: str, new: str, error: str
+) -> None:
+    """Each camera mistake is named; the password never appears in a message."""
+    errors = errors_of(BASE + CAMERA.replace(old, new))
+    assert any(error in e for e in errors), errors
+    assert not any("s3cret" in e or "12345678" in e for e in errors)
+
+
+@pytest.mark.usefixtures("workdir")
+def test_load_config__two_cameras_on_one_address_refused() -> None:
+    errors = errors_of(BASE + CAMERA + CAMERA.replace("cam-01", "cam-02"))
+    assert any('camera "192.0.2.10:80" is already used by "cam-01"' in e for e in errors), errors

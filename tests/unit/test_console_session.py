@@ -108,3 +108,41 @@ def test_redact__snmp_secrets_never_shown_by_config_show() -> None:
     assert 'user = "armoire"' in shown
     assert 'name = "community"' in shown
     assert redact(shown) == shown
+
+
+CAMERA = """
+[[devices]]
+name = "cam-01"
+driver = "onvif"
+profile = "onvif-camera"
+host = "192.0.2.10"
+username = "armoire"
+password = "cam-pw-4711"
+"""
+
+
+async def test_session__config_show_hides_camera_passwords(tmp_path: Path) -> None:
+    """The camera password in the configuration never appears on a technician's screen."""
+    shutil.copy(FIXTURES / "fan-ctl.toml", tmp_path / "fan-ctl.toml")
+    (tmp_path / "agent.toml").write_text((FIXTURES / "good.toml").read_text() + CAMERA)
+    data = tmp_path / "data"
+    init_gateway_keys(data)
+    central = tmp_path / "central"
+    init_central_keys(central)
+    install_trust(central, data)
+    clock = FakeClock()
+    agent = Agent(load_config(tmp_path / "agent.toml"), clock)
+    try:
+        session = Session(ConsoleState(agent), where="test")
+        await session.handle(f"login {_token(agent, clock, central)}")
+        shown = await session.handle("config show")
+        assert 'password = "***"' in shown
+        assert "cam-pw-4711" not in shown
+        (tmp_path / "new.toml").write_text(
+            (tmp_path / "agent.toml").read_text().replace("cam-pw-4711", "other-pw-0815")
+        )
+        diff = await session.handle("config diff new.toml")
+        assert "pw-" not in diff
+    finally:
+        agent.outbox.close()
+        agent.instance.release()

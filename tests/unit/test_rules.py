@@ -43,6 +43,7 @@ class Record:
     writes: list[tuple[str, Value, int, str]] = field(default_factory=list)
     relinquished: list[tuple[str, int]] = field(default_factory=list)
     actions: list[tuple[str, str]] = field(default_factory=list)
+    action_srcs: list[str] = field(default_factory=list)
     # Where alarms also go (the real Events, in the restart test).
     sink: Callable[[AlarmAction, str, bool, str], None] | None = None
 
@@ -55,6 +56,7 @@ class Record:
 
         async def device_action(action: DeviceAction, src: str) -> None:
             self.actions.append((action.device, action.name))
+            self.action_srcs.append(src)
 
         def alarm(action: AlarmAction, src: str, raised: bool, msg: str) -> None:
             self.alarms.append((action.code, src, raised, msg))
@@ -162,6 +164,8 @@ def test_default_rules__load_and_cover_the_issue_hazards() -> None:
         "signal.mmu",
         "signal.offline",
         "signal.flash",
+        "camera.tamper",
+        "camera.offline",
     }
 
 
@@ -340,6 +344,44 @@ async def test_restart__active_alarm_not_repeated_writes_reasserted(clock: FakeC
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_default_rules__camera_tamper_alarm_and_still_of_that_camera(bench: Bench) -> None:
+    """A covered camera is a critical alarm at once, with a still of that very camera."""
+    bench.set("cam-02/tamper", False)
+    bench.set("cam-02/tamper", True)
+    await bench.run_for(0)
+    assert bench.record.raised("camera.tamper") == ["cam-02"]
+    assert bench.record.actions == [("{src}", "snapshot")]
+    assert bench.record.action_srcs == ["cam-02"]
+    bench.set("cam-02/tamper", False)
+    await bench.run_for(9)
+    assert bench.record.cleared("camera.tamper") == []
+    await bench.run_for(2)
+    assert bench.record.cleared("camera.tamper") == ["cam-02"]
+
+
+async def test_default_rules__door_intrusion_takes_stills(bench: Bench) -> None:
+    """A forced door asks every camera for a still along with the alarm."""
+    bench.set("console/session", False)
+    bench.set("cabinet/door", True)
+    await bench.run_for(3)
+    assert bench.record.raised("door.intrusion") == ["cabinet"]
+    assert ("cam-*", "snapshot") in bench.record.actions
+
+
+async def test_default_rules__camera_offline_at_comm_fail(bench: Bench) -> None:
+    """A camera declared comm_fail is a camera.offline alarm at once, cleared 5 s after it
+    answers again."""
+    bench.set("cam-01/online", True)
+    bench.set("cam-01/online", True, Quality.COMM_FAIL)
+    await bench.run_for(0)
+    assert bench.record.raised("camera.offline") == ["cam-01"]
+    bench.set("cam-01/online", True)
+    await bench.run_for(4)
+    assert bench.record.cleared("camera.offline") == []
+    await bench.run_for(2)
+    assert bench.record.cleared("camera.offline") == ["cam-01"]
 
 
 async def test_custom_rule__uplink_offline_writes_and_device_action(
