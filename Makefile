@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test lint typecheck unit integration bench bench-hostile soak install mosquitto tmux clean sim-image
+.PHONY: demo test lint typecheck unit integration bench bench-hostile soak mutate install mosquitto tmux clean sim-image
 
 demo: install mosquitto
 	$(BIN)/armoire sim $(ARGS)
@@ -42,6 +42,12 @@ bench-hostile: install mosquitto
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto
 	$(BIN)/python bench/soak.py $(ARGS)
+
+# Mutation testing of the safety core (scripts/mutate.py): minutes per module, niced;
+# prints each module's kill rate and surviving mutants. Not part of `make test`.
+# make mutate ARGS="outbox codec" for some modules.
+mutate: install mosquitto
+	$(BIN)/python scripts/mutate.py $(ARGS)
 
 install: $(STAMP)
 
