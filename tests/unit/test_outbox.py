@@ -124,14 +124,24 @@ async def test_outbox__wait_wakes_on_append(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("readings", [0, 500])
-def test_outbox__statistics_bytes_and_age(tmp_path: Path, readings: int) -> None:
+async def test_outbox__statistics_bytes_and_age(tmp_path: Path, readings: int) -> None:
     """The console and the birth would misreport how much is buffered and for how long."""
     clock = FakeClock()
     box = Outbox.open(tmp_path, clock)
     box.append(_item(readings=readings))
+    appended_ms = int(clock.wall() * 1000)
     stats = box.statistics()
     assert stats["bytes"] == len(f"{MsgClass.TELEMETRY}:0".encode())
     assert stats["oldest_age_s"] == 0
+    await clock.advance(90.5)
+    box.append(_item())  # a newer record does not make the backlog look younger
+    stats = box.statistics()
+    assert stats["oldest_ms"] == appended_ms
+    assert stats["oldest_age_s"] == 90.5
+    (first, _) = box.take(2)
+    box.done(first)
+    await clock.advance(10)
+    assert box.statistics()["oldest_age_s"] == 10  # the oldest left is the second one
 
 
 def _sized(cls: MsgClass, size: int, readings: int = 0) -> Pending:
@@ -219,8 +229,12 @@ def test_outbox__in_flight_records_are_not_evicted(tmp_path: Path) -> None:
     assert taken.seq == first
     for _ in range(3):
         box.append(_sized(MsgClass.TELEMETRY, 1000))
-    box.done(taken)
-    assert box.statistics()["bytes"] == sum(len(r.payload) for r in box.take(100))
+    assert box.statistics()["evicted"]["messages"]["telemetry"] >= 1  # the store was full
+    # Its publish failed: the record goes back and must still be there to be sent again.
+    assert box.release_all() == [first]
+    stored = box.take(100)
+    assert first in [r.seq for r in stored]
+    assert box.statistics()["bytes"] == sum(len(r.payload) for r in stored)
 
 
 def test_outbox__unclean_stop_detected(tmp_path: Path) -> None:
