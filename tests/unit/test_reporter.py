@@ -65,6 +65,32 @@ def test_reporter__deadband_suppresses_small_changes(tmp_path: Path) -> None:
     assert rig.readings() == [("lamp-01/power", 60, 0), ("lamp-01/power", 61.5, 0)]
 
 
+def test_reporter__change_of_exactly_the_deadband_is_not_reported(tmp_path: Path) -> None:
+    """DESIGN.md: a value is reported on a change *beyond* its deadband. Reporting at the
+    boundary would double the traffic of a meter whose resolution equals its deadband."""
+    rig = Rig(tmp_path)
+    rig.set("lamp-01/power", 60.0)
+    rig.set("lamp-01/power", 61.0)  # exactly the deadband (1.0) above the last report
+    rig.set("lamp-01/power", 59.0)  # exactly the deadband below
+    rig.set("lamp-01/power", 61.25)  # beyond it
+    rig.set("lamp-01/power", 60.25)  # exactly the deadband from the new reference
+    rig.reporter.flush()
+    assert rig.readings() == [("lamp-01/power", 60, 0), ("lamp-01/power", 61.25, 0)]
+
+
+def test_reporter__zero_deadband_reports_every_change(tmp_path: Path) -> None:
+    """A switch (deadband 0) whose change was swallowed would show a lamp off that is on."""
+    rig = Rig(tmp_path)
+    for value in (True, True, False, False, True):
+        rig.set("lamp-01/on", value)
+    rig.reporter.flush()
+    assert rig.readings() == [
+        ("lamp-01/on", True, 0),
+        ("lamp-01/on", False, 0),
+        ("lamp-01/on", True, 0),
+    ]
+
+
 def test_reporter__quality_change_always_reported(tmp_path: Path) -> None:
     """A device failing would go unseen while its last value stays the same."""
     rig = Rig(tmp_path)
