@@ -622,6 +622,7 @@ class Agent:
                 ]
                 self.watchdog.ready()
                 await stop.wait()
+                log.info("stopping: %d records in the outbox", self.outbox.depth)
                 for task in others:
                     task.cancel()
                 self.downlink.flush_summaries()
