@@ -622,7 +622,6 @@ class Agent:
                 ]
                 self.watchdog.ready()
                 await stop.wait()
-                log.info("stopping: %d records in the outbox", self.outbox.depth)
                 for task in others:
                     task.cancel()
                 self.downlink.flush_summaries()

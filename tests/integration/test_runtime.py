@@ -8,21 +8,29 @@ anything. And a deliberate stop (SIGTERM) commits the last telemetry and drains 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import signal
 import sqlite3
 import time
 from typing import Any
 
+import aiomqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central.commander import load_key, make_command, sign
+from central.commander import load_key, make_command, public_raw, sign, sign_trust_update
 from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 30.0
 POLL_S = 0.05
+
+
+@pytest.fixture
+def agent_extra_config() -> str:
+    # Summaries of unauthenticated input every 2 s rather than every minute.
+    return "\n[commands]\nunauthenticated_summary = 2\n"
 
 
 def _now_ms() -> int:
@@ -93,35 +101,93 @@ async def test_runtime__sigterm_commits_and_drains_the_last_telemetry(site: Site
     assert max(r.seq for r in site.central.readings) <= death["seq"]
 
 
-def _outbox_status(site: Site) -> dict[str, Any]:
-    try:
-        status = json.loads((site.data / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being replaced
-        return {}
-    outbox: dict[str, Any] = status["outbox"]
-    return outbox
+async def _send(site: Site, key: Ed25519PrivateKey, value: int) -> tuple[bytes, bytes]:
+    """Send a write of lamp-04/level signed by ``key``: (command id, payload)."""
+    body = make_command(
+        gw=site.gw, op="write", point="lamp-04/level", value=value, now_ms=_now_ms(),
+        validity_s=120,
+    )  # fmt: skip
+    payload = sign(key, body)
+    await site.commander.send_raw(site.gw, payload)
+    return body["id"], payload
 
 
-async def test_runtime__sigterm_while_the_link_comes_back_drains_the_outbox(site: Site) -> None:
-    """Stopped just as the link recovers (a technician's reboot after an outage), the agent
-    would leave the outage's readings for its next start instead of sending them."""
-    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is True, WAIT_S)
-    await site.link.stall()  # half-open: the agent does not know yet that nothing gets through
-    await _until(
-        "records held by the stalled link",
-        lambda: _outbox_status(site).get("inflight", 0) > 0,
+async def _acked(site: Site, key: Ed25519PrivateKey, value: int) -> dict[str, Any]:
+    cmd_id, _ = await _send(site, key, value)
+    await site.central.wait_for(lambda c: any(a["cmd"] == cmd_id for a in c.acks), WAIT_S)
+    return next(a for a in site.central.acks if a["cmd"] == cmd_id)
+
+
+async def _refused_unheard(site: Site, key: Ed25519PrivateKey, value: int) -> None:
+    """Send a command the agent must not authenticate: no Ack, but counted in a
+    ``cmd.unauthenticated`` summary whose samples carry the payload's hash."""
+    cmd_id, payload = await _send(site, key, value)
+    sample = hashlib.sha256(payload).digest()[:8]
+    await site.central.wait_for(
+        lambda c: any(
+            e["code"] == "cmd.unauthenticated"
+            and e["boot"] == _status_boot(site)
+            and sample in e["data"].get("samples", [])
+            and "unknown-kid" in e["data"]["reasons"]
+            for e in c.events
+        ),
+        WAIT_S,
     )
-    proc = site.agent.proc
-    assert proc is not None
-    proc.send_signal(signal.SIGTERM)
-    # The link comes back once the agent is on its way out.
-    await _until("the agent is stopping", lambda: "stopping:" in site.log())
-    await site.link.restore()
-    assert await site.agent.stop() == 0
-    db = sqlite3.connect(site.data / "outbox.sqlite")
+    assert not [a for a in site.central.acks if a["cmd"] == cmd_id]
+
+
+def _status_boot(site: Site) -> int | None:
     try:
-        assert db.execute("SELECT COUNT(*) FROM records").fetchone() == (0,)
-    finally:
-        db.close()
-    assert "records left in the outbox" not in site.log()
-    assert site.central.gaps(site.gw) == []
+        boot: int = json.loads((site.data / "status.json").read_text())["boot"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return boot
+
+
+async def test_runtime__trust_update_over_mqtt_replaces_the_keys_and_survives_restart(
+    site: Site,
+) -> None:
+    """The control room could not rotate a compromised operator key without a site visit, or
+    the rotation would be forgotten at the next reboot (the old key trusted again)."""
+    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is True, WAIT_S)
+    old = load_key(site.central_dir / "operator.key")
+    new = Ed25519PrivateKey.generate()
+    update = sign_trust_update(
+        load_key(site.central_dir / "root.key"),
+        serial=1000,
+        keys=[{"pub": public_raw(new), "roles": ["operator"]}],
+        now_ms=_now_ms(),
+    )
+    async with aiomqtt.Client("127.0.0.1", site.broker.port, identifier="rotator") as mqtt:
+        await mqtt.publish(f"armoire/v1/{site.gw}/trust", update, qos=1)
+    await site.central.wait_for(
+        lambda c: any(
+            e["code"] == "trust.updated" and e["data"]["serial"] == 1000 for e in c.events
+        ),
+        WAIT_S,
+    )
+    ack = await _acked(site, new, 35)
+    assert ack["status"] == "done", ack
+    await _refused_unheard(site, old, 36)  # no longer trusted: no Ack at all
+    assert site.cabinet.snapshot()["lamp-04"]["level"] == 35
+    # After a restart the rotation still holds (trust.cose was replaced on disk).
+    assert await site.agent.stop() == 0
+    await site.agent.start()
+    await site.central.wait_for(lambda c: any(r.boot == 2 for r in c.readings), WAIT_S)
+    await _refused_unheard(site, old, 37)
+    ack = await _acked(site, new, 38)
+    assert ack["status"] == "done", ack
+
+
+async def test_runtime__without_a_trust_store_every_command_is_refused(site: Site) -> None:
+    """A gateway installed without its trust material would obey anyone, or crash."""
+    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is True, WAIT_S)
+    assert await site.agent.stop() == 0
+    (site.data / "trust.cose").unlink()
+    (site.data / "trust-root.pub").unlink()
+    await site.agent.start()
+    await site.central.wait_for(lambda c: any(r.boot == 2 for r in c.readings), WAIT_S)
+    await _refused_unheard(site, load_key(site.central_dir / "operator.key"), 20)
+    assert site.agent.running
+    assert "no usable trust store, all commands will be refused" in site.log()
+    assert site.cabinet.snapshot()["lamp-04"]["level"] == 100
