@@ -19,6 +19,7 @@ from agent.instance import running_pid
 from agent.outbox import OUTBOX_FILE
 from agent.security.keys import GATEWAY_KEY, KeyFileError, key_summary
 from agent.security.trust import TrustError, TrustStore
+from drivers.modbus.rtu import RtuSettings
 
 
 class Level(StrEnum):
@@ -105,9 +106,10 @@ def _trust(data: Path, gw: str) -> Finding:
 
 def _serial_lines(config: Config) -> list[Finding]:
     findings = []
-    ports = {d.line.role: d.line for d in config.devices}
+    serial = [d.settings.line for d in config.devices if isinstance(d.settings, RtuSettings)]
+    ports = {port.role: port for port in serial}
     for role, port in ports.items():
-        devices = sum(d.line.role == role for d in config.devices)
+        devices = sum(port.role == role for port in serial)
         path = Path(port.device)
         where = f"serial line {role} ({path}, {devices} devices)"
         try:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import urlsplit
 
 from agent.board import Board, BoardError, SerialPort, load_board
@@ -27,22 +27,18 @@ from agent.lighting import DEFAULT_PROGRAM, Program, parse_lighting
 from agent.logsetup import DEFAULT_LEVEL, LEVELS
 from agent.rules import Rule, default_rules, parse_rules
 from agent.security.trust import ROLES
+from drivers.driver import Driver, ParseContext
+from drivers.point import Model, PointSpec
 from drivers.profile import (
-    PointSpec,
     Problems,
-    Profile,
-    ProfileError,
     SchemaError,
     Section,
     did_you_mean,
     is_builtin_ref,
-    load_profile,
     read_toml,
     show,
 )
-
-Driver = Literal["modbus-rtu"]
-DRIVERS: Final[tuple[Driver, ...]] = ("modbus-rtu",)
+from drivers.registry import DRIVERS
 
 # PROTOCOL.md, Transport: the gateway id is a topic level, [a-z0-9-]{1,64}.
 _GATEWAY_ID: Final = re.compile(r"[a-z0-9-]{1,64}")
@@ -54,11 +50,6 @@ MQTT_PORT: Final = 1883
 MQTTS_PORT: Final = 8883
 # MQTT 5.0 §3.1.2.11.2: the Session Expiry Interval is a four-byte integer (seconds).
 MAX_SESSION_EXPIRY: Final = 0xFFFF_FFFF
-# Modbus over Serial Line V1.02 §2.2: 1..247 are unit addresses (0 is broadcast,
-# 248..255 reserved).
-MODBUS_ADDRESSES: Final = (1, 247)
-# Modbus over Serial Line V1.02 §2.5.1: an RTU character has 8 data bits.
-MODBUS_RTU_BYTESIZE: Final = 8
 MIB: Final = 1024 * 1024
 
 
@@ -160,14 +151,19 @@ class FailsafeConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
-    """One field device: its driver, the serial port it hangs on, its unit address, its model."""
+    """One field device: its driver, its model, its poll period, and the driver's own
+    settings (where the device is: a serial line and a unit address, a host...)."""
 
     name: str
-    driver: Driver
-    line: SerialPort
-    address: int
-    profile: Profile
+    driver: str
+    profile: Model
     poll: float
+    settings: object
+
+    @property
+    def bus(self) -> str:
+        """The medium the device is on, shared with others (a serial role, a host)."""
+        return DRIVERS[self.driver].bus_of(self.settings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -507,16 +503,27 @@ def _toml(value: object) -> str:
 def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[DeviceConfig, ...]:
     devices: list[DeviceConfig] = []
     names: dict[str, int] = {}
-    addresses: dict[tuple[str, int], tuple[str, int]] = {}
-    profiles: dict[str, Profile | None] = {}  # one load (and one report) per profile file
+    claims: dict[tuple[object, ...], tuple[str, int]] = {}
+    profiles: dict[tuple[str, str], Model | None] = {}  # one load (and report) per file
     for index, sec in enumerate(sections):
         mark = sec.problems.mark()
         name = sec.string("name", pattern=_DEVICE_NAME, expected=_DEVICE_NAME_TEXT)
-        driver = sec.choice("driver", DRIVERS)
-        role = sec.string("line", expected="a serial role of the board")
-        address = sec.integer("address", *MODBUS_ADDRESSES)
+        driver_name = sec.choice("driver", tuple(DRIVERS))
         ref = sec.string("profile", expected="a built-in profile name or a path to a .toml file")
         poll = sec.number("poll", 0.05, 86400, default=1.0)
+        driver = DRIVERS[driver_name] if sec.ok("driver") else None
+        settings = None
+        if driver is not None:
+            ctx = ParseContext(
+                name=name,
+                index=index,
+                here=here,
+                serial_port=lambda s, role: _serial_port(s, role, board),
+                claims=claims,
+            )
+            settings = driver.parse(sec, ctx)
+        else:
+            sec.skip_unread()
         sec.close()
 
         if sec.ok("name"):
@@ -525,26 +532,22 @@ def _devices(sections: list[Section], board: Board | None, here: Path) -> tuple[
                     "name", f"duplicate device name {show(name)} (also devices[{names[name]}])"
                 )
             names.setdefault(name, index)
-        port = _line(sec, role, board) if sec.ok("line") else None
-        if port is not None and sec.ok("address"):
-            other = addresses.setdefault((port.role, address), (name, index))
-            if other[1] != index:
-                sec.error(
-                    "address",
-                    f"address {address} on line {show(port.role)} is already used by "
-                    f"{show(other[0])} (devices[{other[1]}])",
-                )
-        profile = _profile(sec, ref, here, profiles) if sec.ok("profile") else None
-        if sec.problems.clean_since(mark) and port is not None and profile is not None:
+        profile = (
+            _profile(sec, driver, ref, here, profiles)
+            if driver is not None and sec.ok("profile")
+            else None
+        )
+        if sec.problems.clean_since(mark) and settings is not None and profile is not None:
             devices.append(
                 DeviceConfig(
-                    name=name, driver=driver, line=port, address=address, profile=profile, poll=poll
+                    name=name, driver=driver_name, profile=profile, poll=poll, settings=settings
                 )
             )
     return tuple(devices)
 
 
-def _line(sec: Section, role: str, board: Board | None) -> SerialPort | None:
+def _serial_port(sec: Section, role: str, board: Board | None) -> SerialPort | None:
+    """The board's serial port ``role`` names (key ``line``), or None after a problem."""
     if board is None:  # its problems are reported under board.file
         return None
     roles = ", ".join(show(r) for r in board.serial)
@@ -564,25 +567,22 @@ def _line(sec: Section, role: str, board: Board | None) -> SerialPort | None:
     if role == board.console:
         sec.error("line", f"serial role {show(role)} is the board's technician console")
         return None
-    if port.bytesize != MODBUS_RTU_BYTESIZE:
-        sec.error(
-            "line",
-            f"Modbus RTU needs {MODBUS_RTU_BYTESIZE} data bits; serial role {show(role)} "
-            f"has bytesize = {port.bytesize}",
-        )
-        return None
     return port
 
 
 def _profile(
-    sec: Section, ref: str, here: Path, profiles: dict[str, Profile | None]
-) -> Profile | None:
-    key = ref if is_builtin_ref(ref) else str(here / ref)
+    sec: Section,
+    driver: Driver,
+    ref: str,
+    here: Path,
+    profiles: dict[tuple[str, str], Model | None],
+) -> Model | None:
+    key = (driver.name, ref if is_builtin_ref(ref) else str(here / ref))
     if key in profiles:
         return profiles[key]
     try:
-        profiles[key] = load_profile(ref, base_dir=here)
-    except ProfileError as exc:
+        profiles[key] = driver.load_profile(ref, here)
+    except SchemaError as exc:
         profiles[key] = None
         for line in exc.errors:
             sec.error("profile", line)

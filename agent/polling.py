@@ -1,34 +1,28 @@
-"""Polls the devices of one serial line and keeps their points in the table.
+"""Polls one device through its driver and keeps its points in the table.
 
-One poller owns each device's I/O (STYLE.md, "Polling devices"); the line's
-transport serialises transactions, so one slow or dead device costs the others
-at most one response timeout per attempt, and a dead device is retried with
-backoff so it does not keep doing that.
+One poller owns each device (STYLE.md, "Polling devices"): the schedule, the link
+state (``online``, ``degraded``, ``comm_fail`` after N misses), the backoff of a dead
+device, logging its loss and return once, and the quality of its values against their
+specs. How a device is read is its driver's business (:class:`drivers.device.Device`);
+the poller catches only :class:`~drivers.device.DriverError`. A driver whose device
+also reports changes by itself (:meth:`~drivers.device.Device.watch`) has those
+reports checked the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 
 from agent.arbiter import DeviceWriteError
 from agent.clock import Clock, wall_ms
 from agent.config import DeviceConfig, PollingConfig
 from agent.points import Points, Quality, Sample, Value
-from drivers.bus_lock import URGENT
-from drivers.modbus.codec import (
-    LocalProtocolError,
-    ReadHoldingRegisters,
-    ReadInputRegisters,
-    RegistersRead,
-    RemoteProtocolError,
-    WriteMultipleRegisters,
-    WriteSingleRegister,
-)
-from drivers.modbus.transport import RtuTransport
-from drivers.profile import PointSpec, ReadBlock, decode, encode, in_range, plan_reads
+from drivers.device import Device, DriverError, Reading
+from drivers.point import PointSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +52,7 @@ class DevicePoller:
         self,
         *,
         device: DeviceConfig,
-        transport: RtuTransport,
+        driver: Device,
         points: Points,
         clock: Clock,
         polling: PollingConfig,
@@ -67,13 +61,14 @@ class DevicePoller:
         assume_failed: bool = False,
     ) -> None:
         self.device = device
+        self.driver = driver
         self._on_link_change = on_link_change
-        self._transport = transport
         self._points = points
         self._clock = clock
         self._polling = polling
         self._rng = rng or random.Random()
-        self._blocks = plan_reads(device.profile.points)
+        self._specs: dict[str, PointSpec] = {spec.name: spec for spec in device.profile.points}
+        self._names = {name: f"{device.name}/{name}" for name in self._specs}
         # A device whose comm_fail alarm is still active (from before a restart)
         # starts failed: answering clears the alarm, silence does not raise it again.
         self.misses = polling.miss_limit if assume_failed else 0
@@ -85,82 +80,63 @@ class DevicePoller:
         self.last_poll_ms: int | None = None
         self.last_answer_ms: int | None = None
 
-    def _name(self, spec: PointSpec) -> str:
-        return f"{self.device.name}/{spec.name}"
-
     async def poll_once(self) -> bool:
-        """Read every block of the device once; returns whether it answered."""
+        """Read the device's points once; returns whether it answered."""
         self.polls += 1
         t_ms = wall_ms(self._clock)
         self.last_poll_ms = t_ms
         try:
-            results = [(block, await self._read(block)) for block in self._blocks]
-        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
-            # OSError includes PortUnavailable: a line that is absent or being
-            # reopened makes its devices miss polls like silent ones.
+            readings = await self.driver.read()
+        except DriverError as exc:
             self.failures += 1
             self._missed(exc)
             return False
-        for block, values in results:
-            for spec in block.points:
-                offset = spec.address - block.address
-                raw = values[offset : offset + spec.count]
-                value: Value
-                try:
-                    value = decode(spec, raw)
-                    quality = Quality.GOOD if in_range(spec, value) else Quality.OUT_OF_RANGE
-                except ValueError:
-                    value, quality = None, Quality.OUT_OF_RANGE
-                self._points.update(
-                    Sample(name=self._name(spec), value=value, quality=quality, t_ms=t_ms)
-                )
+        self._store(readings, t_ms)
         self.last_answer_ms = t_ms
         self._answered()
         return True
 
-    async def _read(self, block: ReadBlock) -> tuple[int, ...]:
-        unit = self.device.address
-        request = (
-            ReadHoldingRegisters(unit=unit, address=block.address, count=block.count)
-            if block.table == "holding"
-            else ReadInputRegisters(unit=unit, address=block.address, count=block.count)
-        )
-        response = await self._transport.transact(request)
-        assert isinstance(response, RegistersRead)
-        return response.values
+    def _store(self, readings: Mapping[str, Reading], t_ms: int) -> None:
+        for point, value in readings.items():
+            spec = self._specs.get(point)
+            if spec is None:
+                continue  # a driver reporting more than its model says: not ours to publish
+            good = value is not None and spec.in_range(value)
+            self._points.update(
+                Sample(
+                    name=self._names[point],
+                    value=value,
+                    quality=Quality.GOOD if good else Quality.OUT_OF_RANGE,
+                    t_ms=t_ms,
+                )
+            )
+
+    def report(self, readings: Mapping[str, Reading]) -> None:
+        """Changes an event-driven device reported by itself (:meth:`Device.watch`)."""
+        t_ms = wall_ms(self._clock)
+        self._store(readings, t_ms)
+        self.last_answer_ms = t_ms
+        if self.state is not LinkState.ONLINE:
+            self._answered()
 
     async def write(self, name: str, value: Value) -> None:
         """Write one point of this device; the Points table shows the value at once.
 
-        Raises ``DeviceWriteError`` (with the Modbus cause) if the device refuses or
+        Raises ``DeviceWriteError`` (with the driver's cause) if the device refuses or
         does not answer; the point's quality then shows ``comm_fail``.
         """
-        spec = self.device.profile.point(name)
-        if value is None or isinstance(value, str):
-            raise DeviceWriteError(f"{self.device.name}/{name}", f"cannot write {value!r}")
+        spec = self._specs[name]
+        full = self._names[name]
+        problem = spec.write_problem(value, label=full)
+        if problem is not None:
+            raise DeviceWriteError(full, problem)
         try:
-            registers = encode(spec, value)
-        except ValueError as exc:
-            raise DeviceWriteError(f"{self.device.name}/{name}", str(exc)) from exc
-        unit = self.device.address
-        request = (
-            WriteSingleRegister(unit=unit, address=spec.address, value=registers[0])
-            if len(registers) == 1
-            else WriteMultipleRegisters(unit=unit, address=spec.address, values=registers)
-        )
-        full = self._name(spec)
-        try:
-            await self._transport.transact(request, priority=URGENT)
-        except (RemoteProtocolError, OSError, LocalProtocolError) as exc:
-            self._mark_failed(spec, wall_ms(self._clock))
-            raise DeviceWriteError(full, str(exc)) from exc
+            held = await self.driver.write(name, value)
+        except DriverError as exc:
+            self._mark_failed(name, wall_ms(self._clock))
+            raise DeviceWriteError(full, exc.reason) from exc
         self._points.update(
-            Sample(
-                name=full,
-                value=decode(spec, registers),
-                quality=Quality.GOOD,
-                t_ms=wall_ms(self._clock),
-            )
+            Sample(name=full, value=held, quality=Quality.GOOD, t_ms=wall_ms(self._clock))
         )
 
     def _answered(self) -> None:
@@ -173,14 +149,14 @@ class DevicePoller:
             if self._on_link_change is not None:
                 self._on_link_change(self.device.name, LinkState.ONLINE)
 
-    def _missed(self, exc: Exception) -> None:
+    def _missed(self, exc: DriverError) -> None:
         self.misses += 1
         state = link_state(self.misses, self._polling.miss_limit)
         if state is LinkState.COMM_FAIL and not self._points_failed:
             self._points_failed = True
             t_ms = wall_ms(self._clock)
-            for spec in self.device.profile.points:
-                self._mark_failed(spec, t_ms)
+            for name in self._specs:
+                self._mark_failed(name, t_ms)
         changed = state is not self.state
         self.state = state
         if changed and state is LinkState.COMM_FAIL:
@@ -188,9 +164,9 @@ class DevicePoller:
             if self._on_link_change is not None:
                 self._on_link_change(self.device.name, state)
 
-    def _mark_failed(self, spec: PointSpec, t_ms: int) -> None:
+    def _mark_failed(self, point: str, t_ms: int) -> None:
         # The last known value stays, flagged: the device did not confirm it.
-        name = self._name(spec)
+        name = self._names[point]
         last = self._points.get(name)
         self._points.update(
             Sample(
@@ -211,14 +187,34 @@ class DevicePoller:
         return max(period, backoff * (1 + self._rng.uniform(-JITTER, JITTER)))
 
     async def run(self, *, offset: float = 0.0) -> None:
-        """Poll forever at a fixed rate (deadline based, no drift).
+        """Poll forever at a fixed rate (deadline based, no drift), and take the
+        device's own reports meanwhile.
 
         ``offset`` delays the first poll, so devices sharing a line and a period
         are spread over it instead of all queueing at the same instant.
         """
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name=f"driver[{self.device.name}].watch")
+            await self._poll_loop(offset)
+
+    async def _poll_loop(self, offset: float) -> None:
         await self._clock.sleep(offset)
         deadline = self._clock.monotonic()
         while True:
             await self.poll_once()
             deadline = max(deadline + self.next_interval(), self._clock.monotonic())
             await self._clock.sleep(deadline - self._clock.monotonic())
+
+    async def _watch(self) -> None:
+        """Run the device's watch; a watch that fails is started again after a poll
+        interval (its loss shows through the polls)."""
+        reported: str | None = None
+        while True:
+            try:
+                await self.driver.watch(self.report)
+                return  # a device without events
+            except DriverError as exc:
+                if exc.reason != reported:
+                    log.warning("%s: watching stopped (%s); restarting it", self.device.name, exc)
+                    reported = exc.reason
+            await self._clock.sleep(self.next_interval())

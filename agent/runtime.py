@@ -53,8 +53,8 @@ from agent.watchdog import (
     previous_kernel,
     reboot_cause,
 )
-from drivers.modbus.transport import RtuTransport
-from drivers.profile import encode, in_range
+from drivers.driver import BuildContext, Bus
+from drivers.registry import DRIVERS
 
 log = logging.getLogger(__name__)
 
@@ -149,25 +149,18 @@ class Agent:
             telemetry_delay=config.storage.telemetry_delay,
             batch_max=config.storage.batch_max,
         )
-        self.transports: dict[str, RtuTransport] = {}
+        # The media devices share (serial lines, TCP connections), by key.
+        self.buses: dict[str, Bus] = {}
+        build = BuildContext(buses=self.buses, response_timeout=config.polling.response_timeout)
         # Devices whose comm_fail alarm is still active from an earlier boot.
         failed = self.outbox.active_alarms
         self.pollers: list[DevicePoller] = []
         for device in config.devices:
-            port = device.line
-            if port.role not in self.transports:
-                self.transports[port.role] = RtuTransport(
-                    str(port.device),
-                    baudrate=port.baudrate,
-                    bytesize=port.bytesize,
-                    parity=port.parity,
-                    stopbits=port.stopbits,
-                    response_timeout=config.polling.response_timeout,
-                )
+            driver = DRIVERS[device.driver]
             self.pollers.append(
                 DevicePoller(
                     device=device,
-                    transport=self.transports[port.role],
+                    driver=driver.build(device.name, device.profile, device.settings, build),
                     points=self.points,
                     clock=clock,
                     polling=config.polling,
@@ -424,18 +417,7 @@ class Agent:
         await self._pollers[device].write(name, value)
 
     def _check_value(self, point: str, value: object) -> str | None:
-        spec = self._writable[point]
-        if spec.type == "bool":
-            return None if isinstance(value, bool) else f"{point} takes true or false"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{point} takes a number"
-        if not in_range(spec, value):
-            return f"{point}: {value} is outside {spec.minimum}..{spec.maximum}"
-        try:
-            encode(spec, value)
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return self._writable[point].write_problem(value, label=point)
 
     async def _ping(self, cmd: Command) -> Any:
         return {"t": wall_ms(self.clock), "boot": self.outbox.boot}
@@ -471,7 +453,7 @@ class Agent:
             "devices": {
                 p.device.name: {
                     "state": p.state.value,
-                    "line": p.device.line.role,
+                    "line": p.device.bus,
                     "polls": p.polls,
                     "failures": p.failures,
                     "last_poll": p.last_poll_ms,
@@ -479,14 +461,7 @@ class Agent:
                 }
                 for p in self.pollers
             },
-            "lines": {
-                role: {
-                    "port": t.port,
-                    "open": t.is_open,
-                    "error": t.closed_reason,
-                }
-                for role, t in self.transports.items()
-            },
+            "lines": {key: bus.status() for key, bus in self.buses.items()},
             "alarms": [{"code": c, "src": s} for c, s in sorted(self.outbox.active_alarms)],
             "holds": self._holds(now),
             "failsafe": self._failsafe_status(),
@@ -552,14 +527,8 @@ class Agent:
         # there; the "line[...]" tasks keep retrying the others with backoff and
         # reopen a line that goes away later. Meanwhile their devices are missed
         # (comm_fail) and everything else runs on.
-        for role, transport in self.transports.items():
-            if not await transport.try_open():
-                log.error(
-                    "serial line %s unavailable at start: %s; its devices count as silent "
-                    "until it opens",
-                    role,
-                    transport.last_error,
-                )
+        for bus in self.buses.values():
+            await bus.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""
@@ -607,10 +576,7 @@ class Agent:
                     run("console", self.console.run),
                     tg.create_task(self._probation(), name="config.probation"),
                 ]
-                others += [
-                    run(f"line[{role}]", transport.keep_open)
-                    for role, transport in self.transports.items()
-                ]
+                others += [run(f"line[{key}]", bus.run) for key, bus in self.buses.items()]
                 # Spread the first polls of a line's devices over their period.
                 n = max(1, len(self.pollers))
                 others += [
@@ -635,8 +601,10 @@ class Agent:
             self.watchdog.close(clean=clean, restarting=self.restart_requested)
             self.clock_trust.close()
             self.write_status()
-            for transport in self.transports.values():
-                await transport.close()
+            for poller in self.pollers:
+                await poller.driver.close()
+            for bus in self.buses.values():
+                await bus.close()
             self.outbox.close()
             self.instance.release()
 

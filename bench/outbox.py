@@ -54,7 +54,7 @@ from agent.points import Quality
 from agent.security.cose import COSE_SIGN1_TAG, Signer
 from agent.uplink import WINDOW, Uplink
 from central.post import CentralPost, load_public_pem
-from drivers.profile import PointSpec, load_profile
+from drivers.profile import RegisterSpec, load_profile
 from sim.broker import LOOPBACK, Mosquitto
 from sim.cabinet import ENV_NAME, METER_NAME, Cabinet, Scenario
 from sim.run import GATEWAY_ID, LINE_ROLE, AgentProcess, agent_config, ensure_keys
@@ -129,7 +129,7 @@ def say(line: str = "") -> None:
 # -- synthetic telemetry ------------------------------------------------------------------
 
 
-def cabinet_points() -> list[tuple[str, str, PointSpec]]:
+def cabinet_points() -> list[tuple[str, str, RegisterSpec]]:
     """(point name, profile, spec) of every point of the default simulated cabinet."""
     devices = [(f"lamp-{n:02d}", "lamp-ctl") for n in range(1, Scenario().lamps + 1)]
     devices += [(METER_NAME, "meter-3ph"), (ENV_NAME, "env-sensor")]
@@ -168,7 +168,7 @@ class SyntheticCabinet:
             )
         return readings
 
-    def _value(self, model: str, spec: PointSpec) -> float | int | bool:
+    def _value(self, model: str, spec: RegisterSpec) -> float | int | bool:
         if spec.type == "bool":
             return self._rng.random() < 0.5
         low, high, decimals = VALUE_RANGES[(model, spec.name)]

@@ -3,7 +3,9 @@
 A profile (``drivers/profiles/<model>.toml``) describes one device model (DESIGN.md,
 "Drivers, profiles and buses"): its points, where each lives in the Modbus register
 space, how raw registers become an engineering value (type, word order, scale,
-offset) and the reporting defaults (deadband, heartbeat). This module
+offset) and the reporting defaults (deadband, heartbeat). Each point is a
+:class:`RegisterSpec`: the protocol-neutral :class:`~drivers.point.PointSpec` the agent
+reads, plus its registers. This module
 
 - validates profile files once into frozen :class:`Profile` objects,
 - decodes and encodes point values (:func:`decode`, :func:`encode`), with no I/O,
@@ -29,6 +31,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, TypeVar
+
+from drivers.point import (
+    ACCESSES,
+    DEFAULT_HEARTBEAT,
+    MAX_HEARTBEAT,
+    POINT_NAME,
+    POINT_NAME_TEXT,
+    PointSpec,
+    PointSpecError,
+)
 
 # --------------------------------------------------------------------------------------
 # Schema reader shared by profiles, boards and the gateway configuration
@@ -288,6 +300,11 @@ class Section:
                 self.error(key, f"expected a table, got {show(value)}")
         return result
 
+    def skip_unread(self) -> None:
+        """Take every key as known: a table whose keys depend on a value that was wrong
+        (a device's keys depend on its driver) reports that value, not each key."""
+        self._known.update(self._raw)
+
     def close(self) -> None:
         """Report every key that no getter asked for as unknown."""
         for key in self._raw:
@@ -335,12 +352,10 @@ def is_builtin_ref(ref: str) -> bool:
 RegisterType = Literal["u16", "s16", "u32", "s32", "f32", "bool"]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 Table = Literal["holding", "input"]
-Access = Literal["r", "rw"]
 
 REGISTER_TYPES: Final[tuple[RegisterType, ...]] = ("u16", "s16", "u32", "s32", "f32", "bool")
 WORD_ORDERS: Final[tuple[WordOrder, ...]] = ("ABCD", "CDAB", "BADC", "DCBA")
 TABLES: Final[tuple[Table, ...]] = ("holding", "input")
-ACCESSES: Final[tuple[Access, ...]] = ("r", "rw")
 WIDE_TYPES: Final = frozenset({"u32", "s32", "f32"})
 
 # Modbus Application Protocol V1.1b3, §4.4: register addresses are 16 bits (0..65535).
@@ -350,12 +365,6 @@ MAX_READ_COUNT: Final = 125
 # Registers left unread between two points before a read is split in two: reading 8 spare
 # registers (16 bytes, ~9 ms at 19200 baud) costs less than a second request's turnaround.
 DEFAULT_MAX_GAP: Final = 8
-# Reporting defaults when neither the model nor the point sets them: a value that did
-# not change is still sent every 5 minutes, so the central post sees it is alive.
-DEFAULT_HEARTBEAT: Final = 300.0
-# A heartbeat longer than a day would leave a point silent for longer than the
-# central post's daily reports look back.
-MAX_HEARTBEAT: Final = 86400.0
 # decode() rounds scaled values to this many decimals: removes float noise
 # (0.1 * 3 = 0.30000000000000004) far below any sensor's resolution.
 SCALED_DIGITS: Final = 6
@@ -366,8 +375,6 @@ _INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "u32": (0, 0xFFFF_FFFF),
     "s32": (-0x8000_0000, 0x7FFF_FFFF),
 }
-_POINT_NAME: Final = re.compile(r"[a-z0-9_]{1,32}")
-_POINT_NAME_TEXT: Final = 'a point name: 1 to 32 of a-z, 0-9, "_"'
 _MODEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _MODEL_NAME_TEXT: Final = 'a model name: 1 to 64 of a-z, 0-9, "-", "_"'
 
@@ -380,48 +387,29 @@ class ProfileError(SchemaError):
     """A profile could not be loaded; each line names the file, the key path and the problem."""
 
 
-class PointSpecError(ValueError):
-    """A :class:`PointSpec` was built with inconsistent fields; ``key`` is the TOML key at fault."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PointSpec:
-    """One point of a device model: where it lives, how to decode it, how to report it.
+class RegisterSpec(PointSpec):
+    """A point of a Modbus device model: the neutral :class:`PointSpec` plus where it
+    lives in the register space and how its registers decode.
 
-    Engineering value = raw * scale + offset. ``minimum``/``maximum`` (TOML ``min``/``max``)
-    bound the valid values: outside, the poller marks the quality ``out_of_range``.
-    ``default`` is the relinquish default of a writable point. Built-in consistency is
-    checked when built (:class:`PointSpecError`).
+    Engineering value = raw * scale + offset. ``kind`` follows ``type`` (a ``bool``
+    register is a bool point, any other a number) and need not be given.
     """
 
-    name: str
     table: Table
     address: int
     type: RegisterType
     word_order: WordOrder = "ABCD"
     scale: float = 1.0
     offset: float = 0.0
-    unit: str = ""
-    access: Access = "r"
-    minimum: float | None = None
-    maximum: float | None = None
-    deadband: float = 0.0
-    heartbeat: float = DEFAULT_HEARTBEAT
-    default: float | bool | None = None
 
     def __post_init__(self) -> None:
-        if not _POINT_NAME.fullmatch(self.name):
-            raise PointSpecError("name", f"expected {_POINT_NAME_TEXT}, got {show(self.name)}")
+        # The kind is implied by the register type; set before the neutral checks use it.
+        object.__setattr__(self, "kind", "bool" if self.type == "bool" else "number")
         for key, value, allowed in (
             ("table", self.table, TABLES),
             ("type", self.type, REGISTER_TYPES),
             ("word_order", self.word_order, WORD_ORDERS),
-            ("access", self.access, ACCESSES),
         ):
             if value not in allowed:
                 raise PointSpecError(key, f"expected one of {', '.join(allowed)}, got {value!r}")
@@ -437,58 +425,30 @@ class PointSpec:
             raise PointSpecError("scale", f"expected a finite non-zero number, got {self.scale}")
         if not math.isfinite(self.offset):
             raise PointSpecError("offset", f"expected a finite number, got {self.offset}")
-        if self.type == "bool":
-            if self.scale != 1 or self.offset != 0:
-                raise PointSpecError("scale", "scale and offset do not apply to bool points")
-            if self.minimum is not None or self.maximum is not None:
-                raise PointSpecError("min", "min and max do not apply to bool points")
-            if self.deadband != 0:
-                raise PointSpecError("deadband", "does not apply to bool points")
+        if self.type == "bool" and (self.scale != 1 or self.offset != 0):
+            raise PointSpecError("scale", "scale and offset do not apply to bool points")
         if self.access == "rw" and self.table == "input":
             raise PointSpecError(
                 "access", 'input registers are read-only (FC04); use table = "holding"'
             )
-        if (
-            self.minimum is not None
-            and self.maximum is not None
-            and not self.minimum <= self.maximum
-        ):
-            raise PointSpecError("max", f"must be >= min ({self.minimum:g}), got {self.maximum:g}")
-        if not (math.isfinite(self.deadband) and self.deadband >= 0):
-            raise PointSpecError("deadband", f"expected a number >= 0, got {self.deadband}")
-        if not 0 < self.heartbeat <= MAX_HEARTBEAT:
-            raise PointSpecError(
-                "heartbeat", f"expected 0 < seconds <= {MAX_HEARTBEAT:g}, got {self.heartbeat}"
-            )
-        if self.default is not None:
-            self._check_default(self.default)
+        # Zero-argument super() does not work in a slotted dataclass.
+        PointSpec.__post_init__(self)
 
-    def _check_default(self, default: float | bool) -> None:
-        if not self.writable:
-            raise PointSpecError("default", 'only writable points (access = "rw") have one')
-        if (self.type == "bool") != isinstance(default, bool):
-            expected = "true or false" if self.type == "bool" else "a number"
-            raise PointSpecError("default", f"expected {expected}, got {show(default)}")
-        if not in_range(self, default):
-            raise PointSpecError(
-                "default", f"{show(default)} is outside min..max ({self.minimum}..{self.maximum})"
-            )
+    def encoding_problem(self, value: object, *, label: str) -> str | None:
+        assert isinstance(value, int | float)  # problem() accepted it
         try:
-            encode(self, default)
+            encode(self, value)
         except ValueError as exc:
-            raise PointSpecError("default", str(exc)) from exc
+            return f"{label}: {exc}"
+        return None
 
     @property
     def count(self) -> int:
         """How many 16-bit registers the value occupies (1 or 2)."""
         return 2 if self.type in WIDE_TYPES else 1
 
-    @property
-    def writable(self) -> bool:
-        return self.access == "rw"
 
-
-def _point_conflicts(points: Sequence[PointSpec]) -> Iterator[tuple[int, str, str]]:
+def _point_conflicts(points: Sequence[RegisterSpec]) -> Iterator[tuple[int, str, str]]:
     """(index, key, problem) for duplicate names and registers claimed by two points."""
     first: dict[str, int] = {}
     for index, spec in enumerate(points):
@@ -503,7 +463,7 @@ def _point_conflicts(points: Sequence[PointSpec]) -> Iterator[tuple[int, str, st
         in_table = sorted(
             (spec.address, index, spec) for index, spec in enumerate(points) if spec.table == table
         )
-        reach: tuple[int, PointSpec] | None = None  # the point reaching furthest so far
+        reach: tuple[int, RegisterSpec] | None = None  # the point reaching furthest so far
         for _, index, spec in in_table:
             if reach is not None and spec.address <= reach[1].address + reach[1].count - 1:
                 owner, other = reach
@@ -517,7 +477,7 @@ def _point_conflicts(points: Sequence[PointSpec]) -> Iterator[tuple[int, str, st
                 reach = (index, spec)
 
 
-def _span(spec: PointSpec) -> str:
+def _span(spec: RegisterSpec) -> str:
     last = spec.address + spec.count - 1
     return str(spec.address) if last == spec.address else f"{spec.address}..{last}"
 
@@ -529,14 +489,14 @@ class Profile:
     name: str
     vendor: str
     description: str
-    points: tuple[PointSpec, ...]
+    points: tuple[RegisterSpec, ...]
     source: Path
 
     def __post_init__(self) -> None:
         for index, key, problem in _point_conflicts(self.points):
             raise ValueError(f"points[{index}].{key}: {problem}")
 
-    def point(self, name: str) -> PointSpec:
+    def point(self, name: str) -> RegisterSpec:
         """The point called ``name``; KeyError (with a suggestion) if the model has none."""
         for spec in self.points:
             if spec.name == name:
@@ -605,9 +565,9 @@ def _load_file(path: Path, label: str) -> Profile:
     return Profile(name=name, vendor=vendor, description=description, points=points, source=path)
 
 
-def _read_point(sec: Section, model_deadband: float, model_heartbeat: float) -> PointSpec | None:
+def _read_point(sec: Section, model_deadband: float, model_heartbeat: float) -> RegisterSpec | None:
     mark = sec.problems.mark()
-    name = sec.string("name", pattern=_POINT_NAME, expected=_POINT_NAME_TEXT)
+    name = sec.string("name", pattern=POINT_NAME, expected=POINT_NAME_TEXT)
     table = sec.choice("table", TABLES)
     address = sec.integer("address", 0, MAX_ADDRESS)
     type_ = sec.choice("type", REGISTER_TYPES)
@@ -636,7 +596,7 @@ def _read_point(sec: Section, model_deadband: float, model_heartbeat: float) -> 
         return None
     assert default is None or isinstance(default, int | float)  # checked above
     try:
-        return PointSpec(
+        return RegisterSpec(
             name=name,
             table=table,
             address=address,
@@ -689,7 +649,7 @@ def _shortest_f32(value: float) -> float:
     return value
 
 
-def decode(spec: PointSpec, registers: Sequence[int]) -> Decoded:
+def decode(spec: RegisterSpec, registers: Sequence[int]) -> Decoded:
     """The engineering value of ``spec`` from its raw registers (``spec.count`` of them).
 
     Unscaled integer types stay ``int``; scaled values are floats rounded to
@@ -724,12 +684,12 @@ def decode(spec: PointSpec, registers: Sequence[int]) -> Decoded:
     return round(raw * spec.scale + spec.offset, SCALED_DIGITS)
 
 
-def encode(spec: PointSpec, value: Decoded) -> tuple[int, ...]:
+def encode(spec: RegisterSpec, value: Decoded) -> tuple[int, ...]:
     """The registers to write for ``value``: the inverse of :func:`decode`.
 
     Numbers are rounded to the nearest raw step. Raises ValueError when the point is
     read-only, the value has the wrong type, or it does not fit the register type. It
-    does not check ``min``/``max``: that is :func:`in_range`'s job, for the arbiter.
+    does not check ``min``/``max``: that is :meth:`PointSpec.write_problem`'s job.
     """
     if not spec.writable:
         raise ValueError(f"{spec.name} is read-only")
@@ -764,17 +724,6 @@ def encode(spec: PointSpec, value: Decoded) -> tuple[int, ...]:
             return _from_abcd(data, spec.word_order)
 
 
-def in_range(spec: PointSpec, value: Decoded) -> bool:
-    """Whether ``value`` lies within the point's ``min``/``max`` (bools always do)."""
-    if isinstance(value, bool):
-        return True
-    if math.isnan(value):
-        return False
-    return (spec.minimum is None or value >= spec.minimum) and (
-        spec.maximum is None or value <= spec.maximum
-    )
-
-
 # --------------------------------------------------------------------------------------
 # Read planning
 # --------------------------------------------------------------------------------------
@@ -787,7 +736,7 @@ class ReadBlock:
     table: Table
     address: int
     count: int
-    points: tuple[PointSpec, ...]
+    points: tuple[RegisterSpec, ...]
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_READ_COUNT:
@@ -799,14 +748,14 @@ class ReadBlock:
             ):
                 raise ValueError(f"point {spec.name} is not inside {self}")
 
-    def slice(self, registers: Sequence[int], spec: PointSpec) -> Sequence[int]:
+    def slice(self, registers: Sequence[int], spec: RegisterSpec) -> Sequence[int]:
         """The registers of ``spec`` within the block's response ``registers``."""
         start = spec.address - self.address
         return registers[start : start + spec.count]
 
 
 def plan_reads(
-    points: Iterable[PointSpec],
+    points: Iterable[RegisterSpec],
     *,
     max_count: int = MAX_READ_COUNT,
     max_gap: int = DEFAULT_MAX_GAP,
@@ -824,7 +773,7 @@ def plan_reads(
     blocks: list[ReadBlock] = []
     all_points = list(points)
     for table in TABLES:
-        current: list[PointSpec] = []
+        current: list[RegisterSpec] = []
         start = end = 0  # the current block covers registers start..end-1
         for spec in sorted(
             (p for p in all_points if p.table == table), key=lambda p: (p.address, p.count)

@@ -19,6 +19,7 @@ from agent.config import (
     UplinkConfig,
     load_config,
 )
+from drivers.modbus.rtu import RtuSettings
 from drivers.profile import load_profile
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
@@ -113,7 +114,11 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
     )
     assert config.polling == PollingConfig(response_timeout=0.3, miss_limit=3, backoff_max=60.0)
     assert config.board == load_board("sim", base_dir=FIXTURES / "sim-data")
-    assert [(d.name, d.line.role, d.address, d.profile.name, d.poll) for d in config.devices] == [
+    assert [
+        (d.name, d.settings.line.role, d.settings.address, d.profile.name, d.poll)
+        for d in config.devices
+        if isinstance(d.settings, RtuSettings)
+    ] == [
         ("lamp-01", "rs485_1", 1, "lamp-ctl", 1.0),
         ("lamp-02", "rs485_1", 2, "lamp-ctl", 1.0),
         ("meter", "rs485_1", 10, "meter-3ph", 5.0),
@@ -122,7 +127,9 @@ def test_load_config__fixture_loads_into_typed_objects() -> None:
     ]
     lamp = config.devices[0]
     assert lamp.driver == "modbus-rtu"
-    assert lamp.line.device == FIXTURES / "sim-data" / "dev" / "rs485_1"
+    assert isinstance(lamp.settings, RtuSettings)
+    assert lamp.bus == "rs485_1"
+    assert lamp.settings.line.device == FIXTURES / "sim-data" / "dev" / "rs485_1"
     assert lamp.profile is load_profile("lamp-ctl")
     assert config.devices[4].profile == load_profile("fan-ctl.toml", base_dir=FIXTURES)
 
@@ -207,7 +214,9 @@ def test_load_config__board_by_path_with_base_dir(workdir: Path) -> None:
     config = load_text(edit('file = "sim"', 'file = "boards/mine.toml"\nbase_dir = "run"'))
     assert config.board.name == "mine"
     assert config.board.source == workdir / "boards" / "mine.toml"
-    assert config.devices[0].line.device == workdir / "run" / "dev" / "rs485_1"
+    settings = config.devices[0].settings
+    assert isinstance(settings, RtuSettings)
+    assert settings.line.device == workdir / "run" / "dev" / "rs485_1"
 
 
 # ------------------------------------------------------------------ one mistake, one line
@@ -307,8 +316,8 @@ CASES = [
         id="line-is-the-console",
     ),
     pytest.param(
-        edit('driver = "modbus-rtu"', 'driver = "modbus-tcp"'),
-        'devices[0].driver: expected one of "modbus-rtu", got "modbus-tcp"; '
+        edit('driver = "modbus-rtu"', 'driver = "modbus-rtv"'),
+        'devices[0].driver: expected one of "modbus-rtu", got "modbus-rtv"; '
         'did you mean "modbus-rtu"?',
         id="driver",
     ),

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from drivers.profile import (
     REGISTER_TYPES,
     WORD_ORDERS,
-    PointSpec,
     PointSpecError,
     Profile,
     ProfileError,
     ReadBlock,
+    RegisterSpec,
     RegisterType,
     Table,
     WordOrder,
@@ -26,7 +26,6 @@ from drivers.profile import (
     decode,
     decode_block,
     encode,
-    in_range,
     load_profile,
     plan_reads,
 )
@@ -39,9 +38,9 @@ def spec(
     address: int = 0,
     table: Table = "holding",
     **extra: Any,
-) -> PointSpec:
+) -> RegisterSpec:
     """A point named "p"; holding registers are writable so encode() accepts them."""
-    return PointSpec(
+    return RegisterSpec(
         name="p",
         table=table,
         address=address,
@@ -220,7 +219,7 @@ def test_codec__bool_round_trip(value: bool) -> None:
     ],
 )
 def test_encode__rejects_with_a_precise_message(
-    point: PointSpec, value: object, message: str
+    point: RegisterSpec, value: object, message: str
 ) -> None:
     """A command that cannot be written says exactly why, and nothing reaches the bus."""
     with pytest.raises(ValueError, match=message):
@@ -230,14 +229,14 @@ def test_encode__rejects_with_a_precise_message(
 def test_in_range__bounds_inclusive_and_nan_outside() -> None:
     """Readings at the limits are good; beyond them or NaN they are out_of_range."""
     point = spec("s16", scale=0.1, minimum=-40.0, maximum=120.0)
-    assert in_range(point, -40.0)
-    assert in_range(point, 120.0)
-    assert in_range(point, 20)
-    assert not in_range(point, -40.1)
-    assert not in_range(point, 120.1)
-    assert not in_range(point, math.nan)
-    assert in_range(spec("u16"), 1e9)
-    assert in_range(spec("bool"), True)
+    assert point.in_range(-40.0)
+    assert point.in_range(120.0)
+    assert point.in_range(20)
+    assert not point.in_range(-40.1)
+    assert not point.in_range(120.1)
+    assert not point.in_range(math.nan)
+    assert spec("u16").in_range(1e9)
+    assert spec("bool").in_range(True)
 
 
 # ------------------------------------------------------------------ read planning
@@ -245,8 +244,8 @@ def test_in_range__bounds_inclusive_and_nan_outside() -> None:
 
 def at(
     address: int, type_: RegisterType = "u16", table: Table = "input", name: str = "p"
-) -> PointSpec:
-    return PointSpec(name=name, table=table, address=address, type=type_)
+) -> RegisterSpec:
+    return RegisterSpec(name=name, table=table, address=address, type=type_)
 
 
 def layout(blocks: list[ReadBlock]) -> list[tuple[str, int, int, list[int]]]:
@@ -580,9 +579,9 @@ def test_load_profile__needs_points(tmp_path: Path) -> None:
 def test_point_spec__validates_when_built() -> None:
     """Code building a point by hand gets the same consistency checks as a profile file."""
     with pytest.raises(PointSpecError, match="word_order: applies only to 32-bit types"):
-        PointSpec(name="x", table="input", address=0, type="u16", word_order="DCBA")
+        RegisterSpec(name="x", table="input", address=0, type="u16", word_order="DCBA")
     with pytest.raises(PointSpecError, match="access: input registers are read-only"):
-        PointSpec(name="x", table="input", address=0, type="u16", access="rw")
+        RegisterSpec(name="x", table="input", address=0, type="u16", access="rw")
     with pytest.raises(ValueError, match=r"points\[1\].name: duplicate point name"):
         Profile(
             name="t",
