@@ -37,6 +37,7 @@ from drivers.modbus import (
     RtuTransport,
     TruncatedResponse,
     WriteSingleRegister,
+    WrongFunction,
     inter_frame_gap,
 )
 
@@ -207,6 +208,29 @@ async def test_transport__reply_in_two_chunks(transport: RtuTransport, device: D
     assert isinstance(result, RegistersRead)
     assert result.values == (555, 0, 100)
     assert [d for kind, _, d in device.log if kind == "tx"] == [READ_REPLY[:4], READ_REPLY[4:]]
+
+
+async def test_transport__late_reply_to_an_earlier_request_does_not_shift_the_next(
+    transport: RtuTransport, device: Device
+) -> None:
+    """A device that answered one request late (a reply to a read of input registers
+    arriving while a read of holding registers waits) would put every later transaction
+    one reply behind, each reading the answer to the one before: the device lost for good."""
+    task = asyncio.create_task(transport.transact(READ))
+    await device.next_request()
+    device.send(read_reply(0x11, 4, 7))  # the late answer to an earlier FC 04 read
+    # Then, once the line has been quiet for a while (the request's own wire time and an
+    # inter-frame gap, 52 ms at 2400 baud), the answer to this request.
+    device.send_later(5 * DEVICE_TURNAROUND, READ_REPLY)
+    with pytest.raises(WrongFunction):
+        await task
+    # The next transaction reads its own reply, not the one left over from the last.
+    task = asyncio.create_task(transport.transact(READ))
+    await device.next_request()
+    device.send_later(7 * DEVICE_TURNAROUND, read_reply(0x11, 3, 1, 2, 3))
+    result = await task
+    assert isinstance(result, RegistersRead)
+    assert result.values == (1, 2, 3)
 
 
 async def test_transport__write_single_register(transport: RtuTransport, device: Device) -> None:
