@@ -45,10 +45,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "reporter": ("agent/reporter.py", ["tests/unit/test_reporter.py"]),
     "uplink": (
         "agent/uplink.py",
-        [
-            "tests/unit/test_uplink_logging.py",
-            "tests/integration/test_uplink.py",
-        ],
+        ["tests/unit/test_uplink_logging.py", "tests/integration/test_uplink_faults.py"],
     ),
     "codec": ("drivers/modbus/codec.py", ["tests/unit/test_modbus_codec.py"]),
 }
