@@ -191,3 +191,16 @@ async def test_runtime__without_a_trust_store_every_command_is_refused(site: Sit
     assert site.agent.running
     assert "no usable trust store, all commands will be refused" in site.log()
     assert site.cabinet.snapshot()["lamp-04"]["level"] == 100
+
+
+async def test_runtime__command_value_outside_the_points_range_is_refused(site: Site) -> None:
+    """The agent's own check of a commanded value against the device model (not the
+    stand-in the unit tests give the downlink): 250 % on a dimmer would reach the device."""
+    await site.central.wait_for(lambda c: c.state.get(site.gw, {}).get("online") is True, WAIT_S)
+    operator = load_key(site.central_dir / "operator.key")
+    ack = await _acked(site, operator, 250)
+    assert (ack["status"], ack["reason"]) == ("rejected", "bad-request")
+    assert "lamp-04/level" in ack["msg"]
+    assert site.cabinet.snapshot()["lamp-04"]["level"] == 100
+    ack = await _acked(site, operator, 100)  # the bound itself is a valid value
+    assert ack["status"] == "done"
