@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: iomodule-lib bench-iomodule bench-cameras demo test lint typecheck unit integration bench bench-hostile bench-same-load soak install mosquitto tmux snmp clean sim-image
+.PHONY: iomodule-lib bench-iomodule bench-cameras demo test lint typecheck unit integration bench bench-hostile bench-same-load soak mutate install mosquitto tmux snmp clean sim-image
 
 demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
@@ -55,6 +55,12 @@ bench-cameras: install mosquitto
 # Link-fault soak (bench/soak.py), e.g. make soak ARGS="--duration 3600"
 soak: install mosquitto
 	$(BIN)/python bench/soak.py $(ARGS)
+
+# Mutation testing of the safety core (scripts/mutate.py): minutes per module, niced;
+# prints each module's kill rate and surviving mutants. Not part of `make test`.
+# make mutate ARGS="outbox codec" for some modules.
+mutate: install mosquitto
+	$(BIN)/python scripts/mutate.py $(ARGS)
 
 install: $(STAMP)
 

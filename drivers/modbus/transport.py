@@ -20,6 +20,7 @@ between transactions, and stale bytes can be dropped without reading them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -45,6 +46,8 @@ from drivers.modbus.codec import (
     Response,
     ResponseDecoder,
     TruncatedResponse,
+    WrongFunction,
+    WrongUnit,
     encode_request,
 )
 
@@ -450,6 +453,8 @@ class RtuTransport:
                 # Let the rest of a bad or late reply pass, so the next
                 # transaction starts on a quiet line.
                 await self._wait_for_silence(line)
+                if isinstance(exc, WrongUnit | WrongFunction):
+                    await self._let_reply_pass(line)
                 raise
             except ConnectionError:
                 health.record(Outcome.OTHER)
@@ -539,6 +544,25 @@ class RtuTransport:
     def _check_alive(self, line: _Line) -> None:
         if line.lost:
             raise ConnectionError(f"serial port {self._port} is closed") from line.lost_reason
+
+    async def _let_reply_pass(self, line: _Line) -> None:
+        """After a reply to an earlier request (a device that answered late), let the
+        answer to this one pass too, if it comes within the response timeout.
+
+        Failing at once left that answer on the line, to be read by the next
+        transaction as its own reply, and so on: one slow spell put every later
+        transaction one reply behind, and the device never answered again.
+        """
+        loop = asyncio.get_running_loop()
+        heard = line.last_rx
+        deadline = self._last_tx_end + self._response_timeout
+        while not line.lost and line.last_rx == heard and loop.time() < deadline:
+            line.data_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await line.data_arrived.wait()
+        if line.last_rx != heard:
+            await self._wait_for_silence(line)
 
     async def _wait_for_silence(self, line: _Line) -> bool:
         """Wait until neither side has spoken for the inter-frame gap.

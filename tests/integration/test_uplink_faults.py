@@ -395,3 +395,65 @@ async def test_uplink__checks_in_with_the_watchdog_unless_a_publish_hangs(bench:
     await bench.link.restore()
     await until("the outbox is empty", lambda: bench.outbox.depth == 0)
     assert liveness.stale() == []
+
+
+async def test_uplink__birth_is_retained_and_commands_are_delivered(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A control room connecting after the gateway would not see it online (Birth not
+    retained, or without its version, configuration and mode), and a command published to
+    the gateway would never reach the downlink."""
+    outbox = Outbox.open(tmp_path / "data", SystemClock())
+    received: list[tuple[str, bytes]] = []
+    arrived = asyncio.Event()
+
+    async def on_message(msg_topic: str, payload: bytes) -> None:
+        received.append((msg_topic, payload))
+        arrived.set()
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    uplink = Uplink(
+        config=UplinkConfig(
+            broker=broker.url, host="127.0.0.1", port=broker.port, tls=False,
+            keepalive=KEEPALIVE, session_expiry=3600, reconnect_min=0.2, reconnect_max=1.0,
+            ca_file=None, cert_file=None, key_file=None,
+        ),
+        outbox=outbox,
+        factory=MessageFactory(gw=GW, boot=outbox.boot, signer=signer),
+        clock=SystemClock(),
+        birth_points={"lamp-01/level": ("%", True)},
+        config_digest=bytes(range(32)),
+        agent_version="9.8.7",
+        subscriptions=(Topic.CMD,),
+        on_message=on_message,
+        birth_fields=lambda: {"mode": "autonomous", "reboot": "watchdog"},
+    )  # fmt: skip
+    outbox.append(Pending(cls=MsgClass.TELEMETRY, topic=TOPIC, build=lambda s: b"x"))
+    task = asyncio.create_task(uplink.run(), name="uplink")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await uplink.online.wait()
+        # A subscriber that arrives later still gets the Birth: it is retained.
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="late") as client:
+            await client.subscribe(topic(GW, Topic.STATE), qos=1)
+            async with asyncio.timeout(WAIT_S):
+                message = await anext(aiter(client.messages))
+            assert message.retain
+            assert isinstance(message.payload, bytes)
+            birth = cbor2.loads(cbor2.loads(message.payload).value[2])
+            assert birth["online"] is True
+            assert (birth["agent"], birth["config"]) == ("9.8.7", bytes(range(32)))
+            assert (birth["mode"], birth["reboot"]) == ("autonomous", "watchdog")
+            assert birth["points"] == {"lamp-01/level": {"unit": "%", "w": True}}
+            assert birth["outbox"]["depth"] == 1
+            await client.publish(topic(GW, Topic.CMD), b"a command", qos=1)
+            async with asyncio.timeout(WAIT_S):
+                await arrived.wait()
+        assert received == [(topic(GW, Topic.CMD), b"a command")]
+        await until("the record was acknowledged", lambda: outbox.depth == 0)
+        assert uplink.statistics()["published"] == 2  # the Birth and the record
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        outbox.close()

@@ -86,6 +86,10 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+def _waiting_for_wake() -> bool:
+    return any(t.get_name() == "arbiter.wake" and not t.done() for t in asyncio.all_tasks())
+
+
 async def settle() -> None:
     """Let every runnable task run to its next wait (loop iterations, not time)."""
     for _ in range(POLL_ROUNDS):
@@ -111,7 +115,10 @@ async def rig() -> Rig:
 async def running(rig: Rig) -> AsyncIterator[Rig]:
     """The rig with ``run()`` parked on the clock."""
     task = asyncio.create_task(rig.arbiter.run(), name="arbiter.run")
-    await until(lambda: rig.clock.sleepers == 0)
+    # Parked: run() waits for a wake-up (its "arbiter.wake" task), not merely "no sleeper on
+    # the clock", which holds before run() has even started.
+    await until(lambda: _waiting_for_wake() or task.done())
+    assert not task.done(), task
     yield rig
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

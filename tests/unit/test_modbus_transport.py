@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import re
 import struct
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +38,7 @@ from drivers.modbus import (
     RtuTransport,
     TruncatedResponse,
     WriteSingleRegister,
+    WrongFunction,
     inter_frame_gap,
 )
 
@@ -208,6 +211,29 @@ async def test_transport__reply_in_two_chunks(transport: RtuTransport, device: D
     assert [d for kind, _, d in device.log if kind == "tx"] == [READ_REPLY[:4], READ_REPLY[4:]]
 
 
+async def test_transport__late_reply_to_an_earlier_request_does_not_shift_the_next(
+    transport: RtuTransport, device: Device
+) -> None:
+    """A device that answered one request late (a reply to a read of input registers
+    arriving while a read of holding registers waits) would put every later transaction
+    one reply behind, each reading the answer to the one before: the device lost for good."""
+    task = asyncio.create_task(transport.transact(READ))
+    await device.next_request()
+    device.send(read_reply(0x11, 4, 7))  # the late answer to an earlier FC 04 read
+    # Then, once the line has been quiet for a while (the request's own wire time and an
+    # inter-frame gap, 52 ms at 2400 baud), the answer to this request.
+    device.send_later(5 * DEVICE_TURNAROUND, READ_REPLY)
+    with pytest.raises(WrongFunction):
+        await task
+    # The next transaction reads its own reply, not the one left over from the last.
+    task = asyncio.create_task(transport.transact(READ))
+    await device.next_request()
+    device.send_later(7 * DEVICE_TURNAROUND, read_reply(0x11, 3, 1, 2, 3))
+    result = await task
+    assert isinstance(result, RegistersRead)
+    assert result.values == (1, 2, 3)
+
+
 async def test_transport__write_single_register(transport: RtuTransport, device: Device) -> None:
     """A write must be sent as FC 06 and confirmed by the device's echo."""
     task = asyncio.create_task(
@@ -334,9 +360,13 @@ async def test_transport__waits_inter_frame_gap(transport: RtuTransport, device:
 
 async def test_transport__babbling_line_is_busy(pty_pair: Pty, device: Device) -> None:
     """A transceiver stuck transmitting must fail the poll in bounded time, not hang the bus."""
-    # 300 baud: a 128 ms inter-frame gap, far longer than the babble's pauses.
+    # 300 baud: a 128 ms inter-frame gap, far longer than the babble's 5 ms pauses. On a
+    # loaded machine the babble itself may pause longer than the gap (a timer late by
+    # 128 ms): then the line *was* free and sending was right, so that attempt proves
+    # nothing and is made again. The bound comes from what the test observed, not a guess.
     rtu = RtuTransport(pty_pair.path, baudrate=300, parity="N", stopbits=2, response_timeout=0.3)
-    babbling = True
+    gap = inter_frame_gap(300)
+    babbling = False
 
     def babble() -> None:
         if babbling:
@@ -344,16 +374,36 @@ async def test_transport__babbling_line_is_busy(pty_pair: Pty, device: Device) -
             device.loop.call_later(0.005, babble)
 
     async with rtu:
-        babble()
-        try:
-            await eventually(lambda: rtu.statistics()["discarded_bytes"] > 0)
-            with pytest.raises(LineBusy, match="request not sent"):
-                await rtu.transact(READ)
-        finally:
-            babbling = False
+        for _attempt in range(5):
+            device.log.clear()
+            babbling = True
+            babble()
+            try:
+                await eventually(lambda: rtu.statistics()["discarded_bytes"] > 0)
+                started = device.loop.time()
+                outcome: Exception | None = None
+                try:
+                    await rtu.transact(READ)
+                except LineBusy as exc:
+                    outcome = exc
+                ended = device.loop.time()
+            finally:
+                babbling = False
+            sent = [t for kind, t, _ in device.log if kind == "tx" and started - gap <= t <= ended]
+            pauses = [b - a for a, b in itertools.pairwise(sent)]
+            if sent and max(pauses, default=0.0) < gap and ended - sent[-1] < gap:
+                break  # the line never fell quiet for a gap while the transport waited
+            await rtu.close()
+            await rtu.open()
+        else:
+            pytest.fail(
+                "the babble never held the line busy for a whole attempt (machine overloaded)"
+            )
         stats = rtu.statistics()
+    assert isinstance(outcome, LineBusy), outcome
+    assert re.search("request not sent", str(outcome))
     assert stats["transactions"] == 0
-    assert stats["other_errors"] == 1
+    assert stats["other_errors"] >= 1
     assert not [d for kind, _, d in device.log if kind == "rx"]
 
 
@@ -430,15 +480,11 @@ async def test_transport__a_line_already_held_by_another_process_is_refused(
 async def test_transport__refused_settings_raise_oserror(pty_pair: Pty) -> None:
     """Settings the port refuses (ptys refuse parity) fail as OSError naming the port."""
     rtu = RtuTransport(pty_pair.path, **{**SETTINGS, "parity": "E"})
-    try:
+    # Linux ptys refuse PARENB (EINVAL): the agent runs on Linux, so this is the real path, and
+    # a transport that swallowed the refusal would poll on a line framed other than configured.
+    with pytest.raises(OSError, match=re.escape(pty_pair.path)):
         await rtu.open()
-    except OSError as exc:
-        message = str(exc)
-    else:
-        # A kernel whose ptys honour PARENB simply opens the port.
-        await rtu.close()
-        return
-    assert pty_pair.path in message
+    await rtu.close()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -131,14 +132,24 @@ async def test_outbox__wait_wakes_on_append(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("readings", [0, 500])
-def test_outbox__statistics_bytes_and_age(tmp_path: Path, readings: int) -> None:
+async def test_outbox__statistics_bytes_and_age(tmp_path: Path, readings: int) -> None:
     """The console and the birth would misreport how much is buffered and for how long."""
     clock = FakeClock()
     box = Outbox.open(tmp_path, clock)
     box.append(_item(readings=readings))
+    appended_ms = int(clock.wall() * 1000)
     stats = box.statistics()
     assert stats["bytes"] == len(f"{MsgClass.TELEMETRY}:0".encode())
     assert stats["oldest_age_s"] == 0
+    await clock.advance(90.5)
+    box.append(_item())  # a newer record does not make the backlog look younger
+    stats = box.statistics()
+    assert stats["oldest_ms"] == appended_ms
+    assert stats["oldest_age_s"] == 90.5
+    (first, _) = box.take(2)
+    box.done(first)
+    await clock.advance(10)
+    assert box.statistics()["oldest_age_s"] == 10  # the oldest left is the second one
 
 
 def _sized(cls: MsgClass, size: int, readings: int = 0) -> Pending:
@@ -226,8 +237,12 @@ def test_outbox__in_flight_records_are_not_evicted(tmp_path: Path) -> None:
     assert taken.seq == first
     for _ in range(3):
         box.append(_sized(MsgClass.TELEMETRY, 1000))
-    box.done(taken)
-    assert box.statistics()["bytes"] == sum(len(r.payload) for r in box.take(100))
+    assert box.statistics()["evicted"]["messages"]["telemetry"] >= 1  # the store was full
+    # Its publish failed: the record goes back and must still be there to be sent again.
+    assert box.release_all() == [first]
+    stored = box.take(100)
+    assert first in [r.seq for r in stored]
+    assert box.statistics()["bytes"] == sum(len(r.payload) for r in stored)
 
 
 def test_outbox__unclean_stop_detected(tmp_path: Path) -> None:
@@ -485,3 +500,43 @@ def test_outbox__reports_in_flight_count_and_oldest_record_time(tmp_path: Path) 
         box.done(record)
     assert box.oldest_ms() is None
     assert box.statistics()["inflight"] == 0
+
+
+async def test_outbox__depth_and_bytes_follow_every_acknowledgement(tmp_path: Path) -> None:
+    """The Birth, status.json and the drain on SIGTERM all read the depth: a count that
+    drifted would show a backlog that is not there, or stop before the last record left."""
+    box = Outbox.open(tmp_path, FakeClock())
+    seqs = box.append_many([_item(), _item(MsgClass.EVENT), _item(MsgClass.ALARM)])
+    assert (box.depth, box.statistics()["depth"]) == (
+        3,
+        {"telemetry": 1, "event": 1, "alarm": 1, "audit": 0, "ack": 0, "still": 0},
+    )
+    assert box.take(0) == []
+    records = box.take(10)
+    assert sorted(r.seq for r in records) == seqs
+    drained = asyncio.create_task(box.drained())
+    for done, record in enumerate(records, start=1):
+        await asyncio.sleep(0)
+        assert not drained.done()
+        box.done(record)
+        assert box.depth == 3 - done
+        assert box.statistics()["bytes"] == sum(len(r.payload) for r in records[done:])
+    await asyncio.wait_for(drained, timeout=5)
+    box.done(records[0])  # a second PUBACK for the same record changes nothing
+    assert (box.depth, box.statistics()["bytes"]) == (0, 0)
+    box.close()
+    box = Outbox.open(tmp_path, FakeClock())  # the deletes were committed
+    assert box.depth == 0
+
+
+def test_outbox__several_records_in_flight_survive_eviction(tmp_path: Path) -> None:
+    """With a whole window in flight (the usual case), eviction would fail or take them."""
+    box = Outbox.open(tmp_path, FakeClock(), capacity_bytes=3000)
+    box.eviction_reporter = _report
+    first = [box.append(_sized(MsgClass.TELEMETRY, 700)) for _ in range(2)]
+    assert [r.seq for r in box.take(2)] == first
+    for _ in range(3):
+        box.append(_sized(MsgClass.TELEMETRY, 700))
+    assert box.statistics()["evicted"]["messages"]["telemetry"] >= 1
+    assert box.release_all() == first
+    assert set(first) <= {r.seq for r in box.take(100)}

@@ -65,6 +65,32 @@ def test_reporter__deadband_suppresses_small_changes(tmp_path: Path) -> None:
     assert rig.readings() == [("lamp-01/power", 60, 0), ("lamp-01/power", 61.5, 0)]
 
 
+def test_reporter__change_of_exactly_the_deadband_is_not_reported(tmp_path: Path) -> None:
+    """DESIGN.md: a value is reported on a change *beyond* its deadband. Reporting at the
+    boundary would double the traffic of a meter whose resolution equals its deadband."""
+    rig = Rig(tmp_path)
+    rig.set("lamp-01/power", 60.0)
+    rig.set("lamp-01/power", 61.0)  # exactly the deadband (1.0) above the last report
+    rig.set("lamp-01/power", 59.0)  # exactly the deadband below
+    rig.set("lamp-01/power", 61.25)  # beyond it
+    rig.set("lamp-01/power", 60.25)  # exactly the deadband from the new reference
+    rig.reporter.flush()
+    assert rig.readings() == [("lamp-01/power", 60, 0), ("lamp-01/power", 61.25, 0)]
+
+
+def test_reporter__zero_deadband_reports_every_change(tmp_path: Path) -> None:
+    """A switch (deadband 0) whose change was swallowed would show a lamp off that is on."""
+    rig = Rig(tmp_path)
+    for value in (True, True, False, False, True):
+        rig.set("lamp-01/on", value)
+    rig.reporter.flush()
+    assert rig.readings() == [
+        ("lamp-01/on", True, 0),
+        ("lamp-01/on", False, 0),
+        ("lamp-01/on", True, 0),
+    ]
+
+
 def test_reporter__quality_change_always_reported(tmp_path: Path) -> None:
     """A device failing would go unseen while its last value stays the same."""
     rig = Rig(tmp_path)
@@ -172,3 +198,79 @@ def test_reporter__staged_readings_survive_a_crash(tmp_path: Path) -> None:
     (body,) = again.bodies()
     assert body["boot"] == 2
     assert [r[2] for r in body["r"]] == [42]
+
+
+def _lose_one_reading(rig: Rig) -> None:
+    """A batch of one reading evicted as it is stored: one reading to report as lost."""
+    rig.outbox.capacity_bytes = 1
+    rig.outbox.eviction_reporter = None
+    rig.set("lamp-01/power", 1.0)
+    rig.reporter.flush()
+    rig.outbox.capacity_bytes = 10**9
+    assert rig.outbox.lost_pending == 1
+
+
+def test_reporter__a_loss_alone_is_reported_in_an_empty_telemetry(tmp_path: Path) -> None:
+    """With nothing new to send (a steady cabinet), an eviction would stay unreported until
+    some value moved: the control room would not know readings were lost."""
+    rig = Rig(tmp_path)
+    assert not rig.reporter.due()
+    _lose_one_reading(rig)
+    assert rig.reporter.due()
+    assert rig.reporter.seal() == 1
+    (record,) = rig.outbox.take(10)
+    assert record.topic == "armoire/v1/cab-1/tele"
+    body = cbor2.loads(decode_envelope(record.payload).payload)
+    assert (body["r"], body["lost"]) == ([], 1)
+    rig.outbox.done(record)
+    assert not rig.reporter.due()
+    assert rig.reporter.seal() == 0
+
+
+def test_reporter__loss_is_carried_by_the_first_batch_only(tmp_path: Path) -> None:
+    """A loss repeated in every batch of a split would be counted several times over."""
+    rig = Rig(tmp_path, batch_max=2)
+    _lose_one_reading(rig)
+    for v in range(5):
+        rig.set("lamp-01/power", float(v * 10 + 100))
+    rig.reporter.flush()
+    assert [b.get("lost", 0) for b in rig.bodies()] == [1, 0, 0]
+
+
+def test_reporter__due_exactly_at_batch_max(tmp_path: Path) -> None:
+    """A burst of exactly batch_max readings would wait the whole delay."""
+    rig = Rig(tmp_path, delay=60.0, batch_max=3)
+    for v in range(2):
+        rig.set("lamp-01/power", float(v * 10))
+    rig.reporter.commit()
+    assert not rig.reporter.due()
+    rig.set("lamp-01/power", 99.0)
+    rig.reporter.commit()
+    assert rig.reporter.due()
+
+
+async def test_reporter__counts_readings_batches_and_cycles(tmp_path: Path) -> None:
+    """status.json and the watchdog read these counters: a watchdog fed by a reporter that
+    does not turn, or figures that do not add up, would hide a stalled gateway."""
+    rig = Rig(tmp_path, batch_max=2)
+    assert (rig.reporter.readings_sent, rig.reporter.batches_sent, rig.reporter.cycles) == (0, 0, 0)
+    for v in range(3):
+        rig.set("lamp-01/power", float(v * 10))
+    rig.reporter.flush()
+    rig.set("lamp-01/power", 50.0)
+    rig.reporter.flush()
+    assert (rig.reporter.readings_sent, rig.reporter.batches_sent) == (4, 3)
+    task = asyncio.create_task(rig.reporter.run())
+    await rig.clock.advance(3.0)
+    assert rig.reporter.cycles == 3
+    task.cancel()
+
+
+def test_reporter__zero_deadband_number_reports_every_change(tmp_path: Path) -> None:
+    """A counter with no deadband whose changes were swallowed would look frozen."""
+    rig = Rig(tmp_path)
+    rig.reporter._policies = {"lamp-01/power": ReportPolicy(deadband=0, heartbeat=60)}
+    for value in (1, 1, 2, 2.0, 3):
+        rig.set("lamp-01/power", value)
+    rig.reporter.flush()
+    assert [r[1] for r in rig.readings()] == [1, 2, 3]

@@ -41,3 +41,25 @@ async def test_supervise__cancellation_is_not_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_supervise__backoff_resets_after_a_healthy_run() -> None:
+    """A loop that failed a few times on boot and then ran for hours would, on its next
+    failure, wait the capped minute instead of a second: the lamps' schedule stalled."""
+    clock = FakeClock()
+    starts: list[float] = []
+    # Four quick failures raise the delay to its cap; the fifth run lasts an hour.
+    runs = iter([0.0, 0.0, 0.0, 0.0, 3600.0, 0.0, 0.0])
+
+    async def loop() -> None:
+        starts.append(clock.monotonic())
+        await clock.sleep(next(runs, 0.0))
+        raise RuntimeError("bug")
+
+    task = asyncio.create_task(supervise("loop", loop, clock, restart_min=1, restart_max=8))
+    while len(starts) < 8:
+        await clock.advance(1)
+    task.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # 1, 2, 4, 8 between the quick failures; after the hour-long run it starts over at 1.
+    assert gaps == [1, 2, 4, 8, 3600 + 1, 2, 4]
