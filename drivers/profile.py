@@ -524,23 +524,34 @@ def load_profile(ref: str, base_dir: Path | None = None) -> Profile:
     """
     if is_builtin_ref(ref):
         return _load_builtin(ref)
+    return _load_file(profile_path(ref, base_dir), ref)
+
+
+def profile_path(ref: str, base_dir: Path | None) -> Path:
+    """The file a profile given as a path names (relative to ``base_dir`` when given)."""
     path = Path(ref)
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
-    return _load_file(path, ref)
+    return path
+
+
+def builtin_path(name: str, known: Sequence[str], kind: str = "profile") -> Path:
+    """The file of the built-in profile ``name``; :class:`ProfileError` (with a suggestion
+    among ``known``) if there is none."""
+    path = PROFILES_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ProfileError(
+            [
+                f"no built-in {kind} {show(name)}{did_you_mean(name, known)} "
+                f"(built-in: {', '.join(known)}; or give a path to a .toml file)"
+            ]
+        )
+    return path
 
 
 @functools.cache
 def _load_builtin(name: str) -> Profile:
-    path = PROFILES_DIR / f"{name}.toml"
-    if not path.is_file():
-        known = builtin_profiles()
-        raise ProfileError(
-            [
-                f"no built-in profile {show(name)}{did_you_mean(name, known)} "
-                f"(built-in: {', '.join(known)}; or give a path to a .toml file)"
-            ]
-        )
+    path = builtin_path(name, builtin_profiles())
     return _load_file(path, f"drivers/profiles/{name}.toml")
 
 

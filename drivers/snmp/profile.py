@@ -29,7 +29,9 @@ from drivers.profile import (
     Problems,
     ProfileError,
     Section,
+    builtin_path,
     did_you_mean,
+    profile_path,
     read_toml,
     show,
 )
@@ -163,23 +165,12 @@ def load_snmp_profile(ref: str, base_dir: Path | None = None) -> SnmpProfile:
     """A built-in name (``ntcip-1202-asc``) or a path; :class:`ProfileError` lists every problem."""
     if _MODEL.fullmatch(ref):
         return _load_builtin(ref)
-    path = Path(ref)
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    return _load_file(path, ref)
+    return _load_file(profile_path(ref, base_dir), ref)
 
 
 @functools.cache
 def _load_builtin(name: str) -> SnmpProfile:
-    path = PROFILES_DIR / f"{name}.toml"
-    if not path.is_file():
-        known = builtin_snmp_profiles()
-        raise ProfileError(
-            [
-                f"no built-in SNMP profile {show(name)}{did_you_mean(name, known)} "
-                f"(built-in: {', '.join(known)}; or give a path to a .toml file)"
-            ]
-        )
+    path = builtin_path(name, builtin_snmp_profiles(), "SNMP profile")
     return _load_file(path, f"drivers/profiles/{name}.toml")
 
 
