@@ -59,14 +59,30 @@ def agent_extra_config() -> str:
 
 
 @pytest.fixture
-async def site(tmp_path: Path, broker: Mosquitto, agent_extra_config: str) -> AsyncIterator[Site]:
+def whole_cabinet() -> bool:
+    """Whether ``site`` has the LAN signal controller and the I/O module besides the RS-485
+    devices. Off by default: most tests are about the data paths, and each of those devices
+    costs every agent start and every second some CPU on this 2-core machine; a test module
+    about them (or about every point of the cabinet) overrides this fixture."""
+    return False
+
+
+@pytest.fixture
+async def site(
+    tmp_path: Path, broker: Mosquitto, agent_extra_config: str, whole_cabinet: bool
+) -> AsyncIterator[Site]:
     """A running gateway: cabinet on a pty line, agent process, central post, mosquitto.
 
     The agent reaches the broker through a proxy that tests can cut or stall, like
     the cabinet's cellular link; the central post is connected to the broker directly.
     """
     async with open_site(
-        tmp_path, broker, root_extra=NO_SCHEDULE, tail=agent_extra_config
+        tmp_path,
+        broker,
+        root_extra=NO_SCHEDULE,
+        tail=agent_extra_config,
+        signal=whole_cabinet,
+        iomodule=whole_cabinet,
     ) as started:
         yield started
 
@@ -81,6 +97,8 @@ async def open_site(
     place: tuple[float, float, str] | None = None,
     health_interval: float | None = None,
     cameras: int = 0,
+    signal: bool = False,
+    iomodule: bool = False,
 ) -> AsyncIterator[Site]:
     """The ``site`` fixture's gateway, with extra agent configuration (and ``cameras``
     simulated ONVIF cameras; the central post then writes stills under DATA/central-data)."""
@@ -88,7 +106,7 @@ async def open_site(
         link = await stack.enter_async_context(LinkProxy("127.0.0.1", broker.port))
         cabinet = await stack.enter_async_context(
             Cabinet(
-                Scenario(cameras=cameras),
+                Scenario(cameras=cameras, signal=signal, iomodule=iomodule),
                 clock=SystemClock(),
                 link_dir=tmp_path / "dev",
                 line_name=LINE_ROLE,

@@ -35,6 +35,12 @@ WAIT_S = 30.0
 
 
 @pytest.fixture
+def whole_cabinet() -> bool:
+    """The site has the signal controller and the I/O module (conftest.py)."""
+    return True
+
+
+@pytest.fixture
 def agent_extra_config() -> str:
     return '\n[[devices]]\nname = "gateway-io"\ndriver = "gpio"\nprofile = "gpio"\n'
 

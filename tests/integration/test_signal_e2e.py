@@ -22,6 +22,13 @@ from tests.integration.conftest import Site
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def whole_cabinet() -> bool:
+    """The site has the signal controller and the I/O module (conftest.py)."""
+    return True
+
+
 WAIT_S = 30.0
 # What "at once" means for the traffic desk: the poll period (1 s), the batch interval
 # (1 s) and the round trip through the broker, with room for a loaded CI machine. Not a

@@ -436,6 +436,9 @@ def test_ledger__accepts_clock_quality_and_birth_mode_and_reboot() -> None:
         ),
         (sign(telemetry(1), alg=-19)[:-1], "malformed-cose: envelope"),
     ],
+    # Ids by reason: the payloads hold this run's random key id (pytest-xdist's workers must
+    # collect the same ids).
+    ids=lambda value: value if isinstance(value, str) else "payload",
 )
 def test_ledger__malformed_envelopes_are_named(payload: bytes, reason: str) -> None:
     """A broken envelope is rejected as such (else a parser crash stops the central post)."""
