@@ -11,7 +11,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
-# pytest-xdist workers for make test / make integration (README, dependencies).
+# pytest-xdist workers for make test / make integration (README, dependencies); an idle
+# worker takes pending tests from the busy one (worksteal), so the slow ones do not queue.
 JOBS   ?= 2
 
 .PHONY: iomodule-lib bench-iomodule bench-cameras demo test lint typecheck unit integration bench bench-hostile bench-same-load soak mutate install mosquitto tmux snmp clean sim-image
@@ -20,7 +21,7 @@ demo: install mosquitto iomodule-lib
 	$(BIN)/armoire sim $(ARGS)
 
 test: install mosquitto tmux snmp iomodule-lib lint typecheck
-	$(BIN)/pytest -q -n $(JOBS) $(ARGS)
+	$(BIN)/pytest -q -n $(JOBS) --dist worksteal $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,7 +34,7 @@ unit: install iomodule-lib
 	$(BIN)/pytest -q tests/unit
 
 integration: install mosquitto tmux snmp iomodule-lib
-	$(BIN)/pytest -q -n $(JOBS) tests/integration tests/sim
+	$(BIN)/pytest -q -n $(JOBS) --dist worksteal tests/integration tests/sim
 
 bench: install mosquitto
 	$(BIN)/python bench/steady_state.py
