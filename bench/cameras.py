@@ -25,9 +25,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from figures import ms_summary, until
 
 from agent.clock import SystemClock
 from agent.config import load_config
@@ -47,27 +48,6 @@ clear_after = 0
 alarm = { code = "camera.tamper", severity = "critical" }
 device_action = { device = "{src}", name = "snapshot" }
 """
-
-
-def _ms(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {
-        "count": len(ordered),
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(p99 * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
-
-
-async def _until(predicate: Callable[[], bool], within: float) -> float:
-    """Poll every millisecond; the monotonic time the predicate became true."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
-    return time.monotonic()
 
 
 async def latencies(count: int, *, covered: bool) -> dict[str, Any]:
@@ -112,30 +92,30 @@ async def latencies(count: int, *, covered: bool) -> dict[str, Any]:
             camera.tamper_covers = covered
             to_alarm, to_still, sizes = [], [], []
             try:
-                await _until(lambda: agent.points.get("cam-01/tamper") is not None, 30)
-                await _until(agent.uplink.online.is_set, 30)
+                await until(lambda: agent.points.get("cam-01/tamper") is not None, 30)
+                await until(agent.uplink.online.is_set, 30)
                 for i in range(count):
                     await asyncio.sleep(0.2 + (i * 0.37) % 1)  # land anywhere in a pull
                     committed.clear()
                     stills.clear()
                     camera.set_tamper(True)
                     t0 = time.monotonic()
-                    await _until(lambda: bool(committed), 10)
+                    await until(lambda: bool(committed), 10)
                     to_alarm.append(committed[0] - t0)
-                    await _until(
+                    await until(
                         lambda: bool(stills) and all(s in acked for s in stills[0].parts), 30
                     )
                     to_still.append(max(acked[s] for s in stills[0].parts) - t0)
                     sizes.append(stills[0].size)
                     camera.set_tamper(False)
-                    await _until(lambda: agent.points.get("cam-01/tamper").value is False, 10)  # type: ignore[union-attr]
+                    await until(lambda: agent.points.get("cam-01/tamper").value is False, 10)  # type: ignore[union-attr]
             finally:
                 stop.set()
                 await runner
                 model.cancel()
     return {
-        "tamper_to_alarm_committed": _ms(to_alarm),
-        "tamper_to_still_acknowledged": _ms(to_still),
+        "tamper_to_alarm_committed": ms_summary(to_alarm),
+        "tamper_to_still_acknowledged": ms_summary(to_still),
         "still_bytes_median": int(statistics.median(sizes)),
     }
 

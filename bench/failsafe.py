@@ -24,13 +24,13 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from figures import ms_summary, until
 
 from agent.clock import SystemClock
 from agent.config import SiteConfig, load_config
@@ -50,27 +50,6 @@ write = [{ point = "lamp-*/level", value = 30, priority = 3 }]
 GROUPS = 4
 GROUP_SPACING_MIN = 0.05  # 3 s between the groups' switching instants
 DUSK_IN_S = 12.0
-
-
-def _ms(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {
-        "count": len(ordered),
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(p99 * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
-
-
-async def _until(predicate: Callable[[], bool], within: float) -> float:
-    """Poll every millisecond; the monotonic time the predicate became true."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
-    return time.monotonic()
 
 
 def _place_with_dusk_at(target: dt.datetime) -> SiteConfig:
@@ -124,7 +103,7 @@ async def triggers(count: int) -> dict[str, Any]:
                     committed[kw["src"]] = time.monotonic()
 
             agent.events.rule_alarm = rule_alarm  # type: ignore[method-assign]
-            await _until(lambda: agent.points.get("lamp-08/failure") is not None, 30)
+            await until(lambda: agent.points.get("lamp-08/failure") is not None, 30)
             to_alarm, to_wire = [], []
             lamps = [f"lamp-0{i}" for i in range(1, 9)]
             for i in range(count):
@@ -135,15 +114,18 @@ async def triggers(count: int) -> dict[str, Any]:
                 cabinet.fail_lamp(name)
                 cabinet.tick(0.0)  # the register changes now, not at the next model tick
                 t0 = time.monotonic()
-                wire = await _until(lambda: lamp.level == 30, 10)  # noqa: B023
-                alarm = await _until(lambda: name in committed, 10)  # noqa: B023
+                wire = await until(lambda: lamp.level == 30, 10)  # noqa: B023
+                alarm = await until(lambda: name in committed, 10)  # noqa: B023
                 to_alarm.append(committed.pop(name) - t0)
                 to_wire.append(wire - t0)
                 del alarm
                 cabinet.repair_lamp(name)
                 cabinet.tick(0.0)
-                await _until(lambda: lamp.level == 100, 10)  # noqa: B023
-            return {"trigger_to_alarm": _ms(to_alarm), "trigger_to_wire": _ms(to_wire)}
+                await until(lambda: lamp.level == 100, 10)  # noqa: B023
+            return {
+                "trigger_to_alarm": ms_summary(to_alarm),
+                "trigger_to_wire": ms_summary(to_wire),
+            }
 
         return await _with_agent(Path(tmp), RULE, "", None, body)
 
@@ -166,11 +148,11 @@ async def sunset() -> dict[str, Any]:
                 ons = [night(d, agent.config.site, program).on for d in days]
                 on = min(o for o in ons if o > dusk - dt.timedelta(hours=1))
                 lamp = cabinet.lamp(f"lamp-0{k}")
-                await _until(lambda: lamp.level == 0, 30)  # noqa: B023  (daytime first)
-                lit = await _until(lambda: lamp.level > 0, DUSK_IN_S + 60)  # noqa: B023
+                await until(lambda: lamp.level == 0, 30)  # noqa: B023  (daytime first)
+                lit = await until(lambda: lamp.level > 0, DUSK_IN_S + 60)  # noqa: B023
                 lit_wall = time.time() - (time.monotonic() - lit)
                 delays.append(lit_wall - on.timestamp())
-            return {"sunset_to_lamp_on": _ms(delays)}
+            return {"sunset_to_lamp_on": ms_summary(delays)}
 
         return await _with_agent(Path(tmp), groups, "", place, body)
 

@@ -24,13 +24,13 @@ import json
 import os
 import random
 import socket
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from figures import ms_summary, until
 
 from agent.clock import SystemClock
 from agent.config import load_config
@@ -40,26 +40,6 @@ from sim.cabinet import Cabinet, Scenario
 from sim.run import LINE_ROLE, agent_config, ensure_keys
 
 GPIO_DEVICE = '\n[[devices]]\nname = "cabinet"\ndriver = "gpio"\nprofile = "gpio"\n'
-
-
-def _ms(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {
-        "count": len(ordered),
-        "median_ms": round(statistics.median(ordered) * 1000, 1),
-        "p99_ms": round(p99 * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
-
-
-async def _until(predicate: Callable[[], bool], within: float) -> float:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.001)
-    return time.monotonic()
 
 
 async def contact_to_alarm(count: int, *, gpio: bool) -> dict[str, float]:
@@ -102,20 +82,20 @@ async def contact_to_alarm(count: int, *, gpio: bool) -> dict[str, float]:
                     cabinet.iomodule.set_contact("door", open_)
 
             try:
-                await _until(lambda: agent.points.get("cabinet/door") is not None, 30)
+                await until(lambda: agent.points.get("cabinet/door") is not None, 30)
                 if gpio:
-                    await _until(lambda: os.path.exists(gpio_sock), 30)
+                    await until(lambda: os.path.exists(gpio_sock), 30)
                 rng = random.Random(13)
                 delays = []
                 for _ in range(count):
                     await asyncio.sleep(rng.uniform(0.2, 1.2))  # anywhere between polls
                     t0 = time.monotonic()
                     door(True)
-                    await _until(lambda: bool(committed), 10)
+                    await until(lambda: bool(committed), 10)
                     delays.append(committed.pop() - t0)
                     door(False)
-                    await _until(lambda: agent.points.get("cabinet/door").value is False, 10)  # type: ignore[union-attr]
-                return _ms(delays)
+                    await until(lambda: agent.points.get("cabinet/door").value is False, 10)  # type: ignore[union-attr]
+                return ms_summary(delays)
             finally:
                 sock.close()
                 stop.set()
