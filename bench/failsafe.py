@@ -127,7 +127,9 @@ async def triggers(count: int) -> dict[str, Any]:
                 "trigger_to_wire": ms_summary(to_wire),
             }
 
-        return await _with_agent(Path(tmp), RULE, "", None, body)
+        # No lighting schedule: by day it would hold the lamps off, and a repaired lamp
+        # would never return to the level the bench waits for.
+        return await _with_agent(Path(tmp), RULE, "lighting = []\n", None, body)
 
 
 async def sunset() -> dict[str, Any]:
